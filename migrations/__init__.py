@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way workmesh's schema is made, in tests too."""

@@ -1,0 +1,8 @@
+"""SQLAlchemy 2.x typed ORM models; the database is the source of truth for tasks and workers."""
+
+from models.base import Base
+from models.tasks import Task
+from models.tokens import ApiToken
+from models.workers import Worker
+
+__all__ = ["ApiToken", "Base", "Task", "Worker"]

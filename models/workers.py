@@ -1,0 +1,25 @@
+"""External workers: their tier, capacity, token hash and last heartbeat."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UtcDateTime, utcnow
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(16))
+    capacity: Mapped[int] = mapped_column(Integer)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # Written by the dispatcher leader when it sees the worker come or go, for readers of the API.
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A reserve worker the scaling policy has brought into work.
+    engaged: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,1 @@
+"""RabbitMQ topology as data (topology.py) and the server config compose mounts."""

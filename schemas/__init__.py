@@ -1,0 +1,1 @@
+"""Pydantic models for every message and HTTP body: the public contract in code."""

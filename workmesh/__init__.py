@@ -1,0 +1,3 @@
+"""workmesh: a worker mesh on RabbitMQ with a least-load task dispatcher."""
+
+__version__ = "0.1.0"

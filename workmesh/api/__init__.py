@@ -1,0 +1,1 @@
+"""The HTTP API (aiohttp, JSON, bearer tokens): tasks, workers, stats, metrics, health."""

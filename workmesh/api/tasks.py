@@ -1,0 +1,134 @@
+"""Task routes: submit, read, list, cancel, and a worker's own status changes."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from sqlalchemy.orm.exc import StaleDataError
+
+from models import Task
+from schemas.tasks import StatusChange, TaskSubmit, TaskView
+from workmesh.api.bus import BUS
+from workmesh.api.common import (
+    SESSIONS,
+    SETTINGS,
+    TOKEN,
+    ApiError,
+    json_response,
+    principal,
+    read_body,
+)
+from workmesh.dispatch.lifecycle import LifecycleError, TaskStatus
+from workmesh.security import Role
+from workmesh.services import tasks
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+SUBMITTERS = (Role.ADMIN, Role.PRODUCER)
+
+
+def view(task: Task) -> TaskView:
+    return TaskView.model_validate(task)
+
+
+@routes.post("/api/v1/tasks")
+async def submit_task(request: web.Request) -> web.Response:
+    who = principal(request, *SUBMITTERS)
+    body = await read_body(request, TaskSubmit)
+    async with request.app[SESSIONS]() as session, session.begin():
+        outcome = await tasks.submit(
+            session, body, who.name, request.app[SETTINGS].dispatch.max_attempts
+        )
+    if not outcome.created:
+        return json_response(view(outcome.task), status=200)
+    try:
+        await request.app[BUS].submit(outcome.task, request[TOKEN])
+    except Exception:
+        # Stored but not yet published: the dispatcher's orphan sweep publishes it later.
+        log.exception("task %s stored but not published", outcome.task.id)
+        return json_response(view(outcome.task), status=202)
+    return json_response(view(outcome.task), status=201)
+
+
+@routes.get("/api/v1/tasks/{task_id}")
+async def read_task(request: web.Request) -> web.Response:
+    who = principal(request)
+    worker_id = who.name if who.role is Role.WORKER else None
+    async with request.app[SESSIONS]() as session:
+        task = await _get(session, request.match_info["task_id"], worker_id)
+    return json_response(view(task))
+
+
+@routes.get("/api/v1/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    who = principal(request)
+    query = request.query
+    try:
+        status = TaskStatus(query["status"]) if query.get("status") else None
+        limit = int(query.get("limit", "100"))
+    except ValueError:
+        allowed = ", ".join(s.value for s in TaskStatus)
+        raise ApiError(400, f"status must be one of {allowed}; limit a whole number") from None
+    if limit < 1:
+        raise ApiError(400, "limit must be at least 1")
+    worker_id = query.get("worker_id") or None
+    if who.role is Role.WORKER:
+        if worker_id not in (None, who.name):
+            raise ApiError(403, "a worker may list only its own tasks")
+        worker_id = who.name
+    async with request.app[SESSIONS]() as session:
+        found = await tasks.list_tasks(session, status, worker_id, limit)
+    return json_response({"tasks": [view(t).model_dump(mode="json") for t in found]})
+
+
+@routes.post("/api/v1/tasks/{task_id}/cancel")
+async def cancel_task(request: web.Request) -> web.Response:
+    principal(request, *SUBMITTERS)
+    async with request.app[SESSIONS]() as session, session.begin():
+        try:
+            task, on_worker = await tasks.cancel(session, request.match_info["task_id"])
+        except tasks.NotFound as error:
+            raise ApiError(404, str(error)) from None
+        except LifecycleError as error:
+            raise ApiError(409, str(error)) from None
+    if on_worker is not None:
+        await request.app[BUS].cancelled(task.id, on_worker)
+    return json_response(view(task))
+
+
+@routes.post("/api/v1/worker/tasks/{task_id}/status")
+async def change_status(request: web.Request) -> web.Response:
+    who = principal(request, Role.WORKER)
+    body = await read_body(request, StatusChange)
+    try:
+        async with request.app[SESSIONS]() as session, session.begin():
+            task, report = await tasks.change_status(
+                session,
+                request.match_info["task_id"],
+                who.name,
+                body.status,
+                body.result,
+                body.error,
+            )
+    except tasks.NotFound as error:
+        raise ApiError(404, str(error)) from None
+    except tasks.NotYours as error:
+        raise ApiError(403, str(error)) from None
+    except LifecycleError as error:
+        raise ApiError(409, str(error)) from None
+    except StaleDataError:
+        raise ApiError(409, "the task changed at the same moment; read it and try again") from None
+    # The dispatcher hears of it the same way as of an AMQP report, and does the follow-up.
+    await request.app[BUS].report(task, report, who.name, request[TOKEN], body)
+    return json_response(view(task))
+
+
+async def _get(session: object, task_id: str, worker_id: str | None) -> Task:
+    try:
+        return await tasks.get_task(session, task_id, worker_id)  # type: ignore[arg-type]
+    except tasks.NotFound as error:
+        raise ApiError(404, str(error)) from None
+    except tasks.NotYours as error:
+        raise ApiError(403, str(error)) from None

@@ -1,0 +1,67 @@
+"""Worker routes: register (admin), list and read, heartbeats, and the mesh's stats."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from schemas.workers import WorkerCreate
+from workmesh.api.bus import BUS
+from workmesh.api.common import SESSIONS, ApiError, json_response, principal, read_body
+from workmesh.security import Role
+from workmesh.services import tasks, workers
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/v1/workers")
+async def add_worker(request: web.Request) -> web.Response:
+    principal(request, Role.ADMIN)
+    spec = await read_body(request, WorkerCreate)
+    async with request.app[SESSIONS]() as session, session.begin():
+        try:
+            token = await workers.create_worker(session, spec)
+        except workers.WorkerExists as error:
+            raise ApiError(409, str(error)) from None
+    await request.app[BUS].declare_worker_queue(spec.id)
+    return json_response(
+        {
+            **spec.model_dump(mode="json"),
+            "token": token,
+            "queue": f"workmesh.worker.{spec.id}",
+            "note": "the token is shown once; keep it",
+        },
+        status=201,
+    )
+
+
+@routes.get("/api/v1/workers")
+async def list_workers(request: web.Request) -> web.Response:
+    principal(request)
+    async with request.app[SESSIONS]() as session:
+        views = await workers.worker_views(session)
+    return json_response({"workers": [v.model_dump(mode="json") for v in views]})
+
+
+@routes.get("/api/v1/workers/{worker_id}")
+async def read_worker(request: web.Request) -> web.Response:
+    principal(request)
+    async with request.app[SESSIONS]() as session:
+        views = await workers.worker_views(session, request.match_info["worker_id"])
+    if not views:
+        raise ApiError(404, f"no worker {request.match_info['worker_id']!r}")
+    return json_response(views[0])
+
+
+@routes.post("/api/v1/worker/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    who = principal(request, Role.WORKER)
+    async with request.app[SESSIONS]() as session, session.begin():
+        await workers.record_heartbeat(session, who.name)
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/stats")
+async def stats(request: web.Request) -> web.Response:
+    principal(request)
+    async with request.app[SESSIONS]() as session:
+        return json_response(await tasks.stats(session))

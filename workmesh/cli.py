@@ -1,0 +1,295 @@
+"""The ``workmesh`` command: run the mesh, migrate, manage workers and tokens, submit, stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from workmesh.settings import Settings
+
+DESCRIPTION = """\
+workmesh: a worker mesh on RabbitMQ. Tasks go into a priority queue; the dispatcher hands each
+to the least-loaded online worker and brings reserve workers in only when the active ones are
+full. Settings come from WORKMESH_* environment variables (see README): the RabbitMQ URL
+(WORKMESH_AMQP_URL) and the database URL (WORKMESH_DATABASE_URL) above all.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # alembic announces each of its plugins at INFO; only its warnings matter here.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        settings = Settings.from_env()
+    except ValidationError as error:
+        print(f"workmesh: bad settings: {error}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(settings, args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except CliError as error:
+        print(f"workmesh: {error}", file=sys.stderr)
+        return 1
+
+
+class CliError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workmesh",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the mesh (all roles, or one with --role)",
+        description="Run the mesh. With no --role every role runs in "
+        "this process; compose runs one role per service.",
+    )
+    run.add_argument(
+        "--role",
+        choices=["all", "api", "dispatcher"],
+        default="all",
+        help="which role to run (default: all)",
+    )
+    run.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not upgrade the database schema first (compose migrates once)",
+    )
+    run.set_defaults(func=_run)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema (alembic)")
+    migrate.set_defaults(func=_migrate)
+
+    worker = commands.add_parser("worker", help="register and list workers")
+    worker_commands = worker.add_subparsers(required=True, metavar="ACTION")
+    add = worker_commands.add_parser(
+        "add",
+        help="register a worker; prints its token once",
+        description="Register a worker. Prints JSON with its token (shown once, stored only "
+        "as a hash) and its queue, workmesh.worker.<id>.",
+    )
+    add.add_argument("id", help="worker id: lowercase letters, digits, '-' and '_'")
+    add.add_argument("--capacity", type=int, default=1, help="tasks it may hold at once")
+    add.add_argument(
+        "--tier",
+        choices=["active", "reserve"],
+        default="active",
+        help="reserve workers get tasks only when active ones are full",
+    )
+    add.set_defaults(func=_worker_add)
+    listing = worker_commands.add_parser("list", help="list workers with their load")
+    listing.set_defaults(func=_worker_list)
+
+    token = commands.add_parser("token", help="make API tokens for producers and admins")
+    token_commands = token.add_subparsers(required=True, metavar="ACTION")
+    token_add = token_commands.add_parser("add", help="make a token; prints it once")
+    token_add.add_argument("name", help="a name to recognise the token by")
+    token_add.add_argument("--role", choices=["producer", "admin"], default="producer")
+    token_add.set_defaults(func=_token_add)
+
+    submit = commands.add_parser(
+        "submit",
+        help="submit tasks from a JSON-lines file or stdin over AMQP",
+        description='Publish one task per JSON line ({"kind", "payload", "priority", ...}) '
+        "to workmesh.tasks with publisher confirms. The token comes from --token or "
+        "WORKMESH_TOKEN. Bad lines are reported with their line number and skipped.",
+    )
+    submit.add_argument("file", nargs="?", default="-", help="JSON-lines file (default: stdin)")
+    submit.add_argument("--token", default=None, help="producer or admin token")
+    submit.add_argument(
+        "--window",
+        type=int,
+        default=256,
+        help="publishes awaiting confirmation at once (default 256)",
+    )
+    submit.set_defaults(func=_submit)
+
+    stats = commands.add_parser("stats", help="tasks by status, workers and queue depth")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    stats.set_defaults(func=_stats)
+    return parser
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from workmesh.runtime import Role, run
+
+    asyncio.run(run(settings, Role(args.role), run_migrations=not args.no_migrate))
+    return 0
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from workmesh.db import migrate
+
+    migrate(settings.database.url)
+    print("database schema is up to date", file=sys.stderr)
+    return 0
+
+
+def _worker_add(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.workers import WorkerCreate
+    from workmesh.services.workers import WorkerExists, create_worker
+
+    try:
+        spec = WorkerCreate(id=args.id, capacity=args.capacity, tier=args.tier)
+    except ValidationError as error:
+        raise CliError(
+            f"bad worker: {error.errors()[0]['loc'][0]}: {error.errors()[0]['msg']}"
+        ) from None
+
+    async def add() -> str:
+        async with _session(settings) as session, session.begin():
+            try:
+                return await create_worker(session, spec)
+            except WorkerExists as error:
+                raise CliError(str(error)) from None
+
+    token = asyncio.run(add())
+    print(
+        json.dumps(
+            {
+                "id": spec.id,
+                "token": token,
+                "queue": f"workmesh.worker.{spec.id}",
+                "capacity": spec.capacity,
+                "tier": spec.tier.value,
+            }
+        )
+    )
+    print("keep the token: it is shown only now", file=sys.stderr)
+    return 0
+
+
+def _worker_list(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from workmesh.services.workers import worker_views
+
+    async def views() -> list[Any]:
+        async with _session(settings) as session:
+            return await worker_views(session)
+
+    table = Table("id", "tier", "online", "engaged", "load", "capacity", "last heartbeat")
+    for v in asyncio.run(views()):
+        table.add_row(
+            v.id,
+            v.tier,
+            "yes" if v.online else "no",
+            "yes" if v.engaged else "",
+            str(v.load),
+            str(v.capacity),
+            str(v.last_heartbeat_at or "never"),
+        )
+    Console().print(table)
+    return 0
+
+
+def _token_add(settings: Settings, args: argparse.Namespace) -> int:
+    from workmesh.security import Role
+    from workmesh.services.tokens import TokenNameTaken, create_api_token
+
+    async def add() -> str:
+        async with _session(settings) as session, session.begin():
+            try:
+                return await create_api_token(session, args.name, Role(args.role))
+            except TokenNameTaken as error:
+                raise CliError(str(error)) from None
+
+    print(asyncio.run(add()))
+    print("keep the token: it is shown only now", file=sys.stderr)
+    return 0
+
+
+def _submit(settings: Settings, args: argparse.Namespace) -> int:
+    from workmesh.submit import submit_lines
+
+    token = args.token or os.environ.get("WORKMESH_TOKEN")
+    if not token:
+        raise CliError("a producer token is needed: --token or WORKMESH_TOKEN")
+    stream: IO[str] = sys.stdin if args.file == "-" else _open(args.file)
+    with stream:
+        lines = list(_numbered(stream))
+    report = asyncio.run(submit_lines(settings, token, lines, window=args.window))
+    for number, reason in report.rejected:
+        print(f"line {number}: {reason}", file=sys.stderr)
+    print(f"submitted {report.published}, rejected {len(report.rejected)}", file=sys.stderr)
+    return 1 if report.rejected else 0
+
+
+def _stats(settings: Settings, args: argparse.Namespace) -> int:
+    from workmesh.submit import gather_stats
+
+    stats = asyncio.run(gather_stats(settings))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    tasks = Table("status", "tasks", title="tasks")
+    for status, count in stats["tasks"].items():
+        tasks.add_row(status, str(count))
+    workers = Table("", "", title="workers")
+    for key, value in stats["workers"].items():
+        workers.add_row(key, str(value))
+    queues = Table("queue", "ready", title="queues")
+    for name, depth in stats["queues"].items():
+        queues.add_row(name, str(depth))
+    console.print(tasks, workers, queues)
+    return 0
+
+
+def _open(path: str) -> IO[str]:
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as error:
+        raise CliError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _numbered(stream: IO[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(stream, start=1):
+        if line.strip():
+            yield number, line
+
+
+def _session(settings: Settings) -> Any:
+    from contextlib import asynccontextmanager
+
+    from workmesh.db import create_engine, session_factory
+
+    @asynccontextmanager
+    async def scope() -> Any:
+        engine = create_engine(settings.database)
+        try:
+            async with session_factory(engine)() as session:
+                yield session
+        finally:
+            await engine.dispose()
+
+    return scope()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The dispatcher's decisions, free of AMQP and SQL: lifecycle, least load, scaling, the pool."""

@@ -1,0 +1,117 @@
+"""Everything the dispatcher leader publishes, on one channel with publisher confirms."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Iterable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from rabbitmq.topology import (
+    DEAD_EXCHANGE,
+    EVENTS_EXCHANGE,
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    SUBMIT_ROUTING_KEY,
+    TASKS_EXCHANGE,
+    TOKEN_HEADER,
+    worker_queue_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+def json_message(
+    body: Any, *, priority: int = 0, type_: str | None = None, headers: dict[str, Any] | None = None
+) -> aio_pika.Message:
+    return aio_pika.Message(
+        json.dumps(body, separators=(",", ":"), default=str).encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=priority,
+        type=type_,
+        headers=headers or {},
+    )
+
+
+class MeshPublisher:
+    """Publishes with confirms; callers gather the returned awaitables to pipeline them."""
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self.channel = channel
+
+    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+        return await self.channel.get_exchange(name, ensure=False)
+
+    def assignment(self, worker_id: str, body: dict[str, Any], priority: int) -> Awaitable[Any]:
+        return self.channel.default_exchange.publish(
+            json_message(body, priority=priority, type_="assignment"),
+            routing_key=worker_queue_name(worker_id),
+        )
+
+    def cancellation(self, worker_id: str, task_id: str) -> Awaitable[Any]:
+        return self.channel.default_exchange.publish(
+            json_message({"task_id": task_id}, priority=9, type_="cancel"),
+            routing_key=worker_queue_name(worker_id),
+        )
+
+    async def intake(self, body: dict[str, Any], priority: int) -> None:
+        exchange = await self._exchange(TASKS_EXCHANGE)
+        await exchange.publish(
+            json_message(body, priority=priority, headers={ORIGIN_HEADER: "mesh"}),
+            routing_key=SUBMIT_ROUTING_KEY,
+        )
+
+    def retry(self, queue_name: str, body: dict[str, Any], priority: int) -> Awaitable[Any]:
+        return self.channel.default_exchange.publish(
+            json_message(body, priority=priority, headers={ORIGIN_HEADER: "mesh"}),
+            routing_key=queue_name,
+        )
+
+    async def event(self, routing_key: str, body: dict[str, Any]) -> None:
+        exchange = await self._exchange(EVENTS_EXCHANGE)
+        await exchange.publish(
+            json_message(body, headers={ORIGIN_HEADER: "mesh"}), routing_key=routing_key
+        )
+
+    async def dead_letter(
+        self,
+        body: bytes,
+        reason: str,
+        source: str,
+        headers: dict[str, Any] | None = None,
+        routing_key: str = "",
+    ) -> None:
+        """Send a message that can never succeed to workmesh.dead, saying why.
+
+        The token header is dropped: dead letters are read by operators, not by the holder.
+        """
+        kept = {k: v for k, v in (headers or {}).items() if k != TOKEN_HEADER}
+        kept.update({REASON_HEADER: reason, "x-workmesh-source": source})
+        exchange = await self._exchange(DEAD_EXCHANGE)
+        await exchange.publish(
+            aio_pika.Message(
+                body,
+                headers=kept,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                content_type="application/json",
+            ),
+            routing_key=routing_key,
+        )
+        log.warning("dead-lettered a message from %s: %s", source, reason)
+
+    async def dead_letter_message(
+        self, message: AbstractIncomingMessage, reason: str, source: str
+    ) -> None:
+        await self.dead_letter(
+            message.body, reason, source, dict(message.headers or {}), message.routing_key or ""
+        )
+
+
+async def gather_confirms(pending: Iterable[Awaitable[Any]]) -> None:
+    """Wait for a group of publishes together: one round of confirms instead of one each."""
+    await asyncio.gather(*pending)

@@ -1,0 +1,172 @@
+"""Applying the workers' reports (task.started/done/failed/rejected) in grouped commits.
+
+Reports arrive over AMQP from workers, and from the HTTP API after it has applied a worker's
+status change itself; applying one twice is harmless, and its follow-up (a retry, a requeue, a
+dead letter) is published again rather than risk losing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from models import Task
+from rabbitmq.topology import REPORTS_QUEUE, TOKEN_HEADER, retry_queue
+from schemas.tasks import TaskReport
+from workmesh.dispatch.lifecycle import (
+    ON_WORKER,
+    FollowUp,
+    LifecycleError,
+    Report,
+    TaskStatus,
+    next_state,
+    repeated_outcome,
+)
+from workmesh.engine.intake import validation_summary
+from workmesh.engine.publisher import gather_confirms
+from workmesh.engine.state import LeaderState
+from workmesh.security import hash_token, same_hash
+from workmesh.services import assignments
+from workmesh.services.assignments import apply_transition
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """A report that can never be applied; the message says why."""
+
+
+@dataclass
+class ReportPlan:
+    dead: list[tuple[AbstractIncomingMessage, str]] = field(default_factory=list)
+    follow_ups: list[tuple[Task, FollowUp]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+
+class ReportApplier:
+    def __init__(self, state: LeaderState) -> None:
+        self.state = state
+        self._inbox: list[AbstractIncomingMessage] = []
+        self._arrived = asyncio.Event()
+
+    async def receive(self, message: AbstractIncomingMessage) -> None:
+        """The consumer callback: collect, so that one commit serves many reports."""
+        self._inbox.append(message)
+        self._arrived.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            batch, self._inbox = self._inbox, []
+            if batch:
+                await self.apply(batch)
+
+    async def apply(self, messages: list[AbstractIncomingMessage]) -> None:
+        state = self.state
+        async with state.lock:
+            try:
+                plan = await self._plan(messages)
+            except Exception:
+                await state.reload()
+                raise
+            tick = time.monotonic()
+            for task_id in plan.touched:
+                state.pool.release(task_id, tick)
+            state.room.set()
+        await gather_confirms(
+            self._follow_up(task, follow_up) for task, follow_up in plan.follow_ups
+        )
+        for message, reason in plan.dead:
+            await state.publisher.dead_letter_message(message, reason, REPORTS_QUEUE)
+            state.metrics.dead_letters.labels(source=REPORTS_QUEUE).inc()
+        for message in messages:
+            await message.ack()
+
+    async def _plan(self, messages: list[AbstractIncomingMessage]) -> ReportPlan:
+        plan = ReportPlan()
+        parsed: list[tuple[AbstractIncomingMessage, str, dict[str, Any]]] = []
+        for message in messages:
+            try:
+                report = TaskReport.model_validate_json(message.body)
+            except ValidationError as error:
+                plan.dead.append((message, f"invalid report: {validation_summary(error)}"))
+                continue
+            parsed.append((message, message.routing_key or "", report.model_dump()))
+        async with self.state.sessions() as session, session.begin():
+            tasks = await assignments.tasks_by_id(session, {b["task_id"] for _, _, b in parsed})
+            for message, routing_key, body in parsed:
+                task = tasks.get(body["task_id"])
+                kind = routing_key.removeprefix("task.")
+                try:
+                    if task is None:
+                        raise Refused(f"unknown task {body['task_id']!r}")
+                    if kind == "cancelled":  # the API cancelled it; nothing to apply here
+                        outcome = "released"
+                    else:
+                        self._check_token(message, body["worker_id"])
+                        outcome = self._apply_one(task, Report(kind), body, plan)
+                except (Refused, LifecycleError, ValueError) as error:
+                    plan.dead.append((message, str(error)))
+                    self.state.metrics.reports.labels(kind=kind, outcome="refused").inc()
+                    continue
+                self.state.metrics.reports.labels(kind=kind, outcome=outcome).inc()
+                if TaskStatus(task.status) not in ON_WORKER:
+                    plan.touched.add(task.id)
+        return plan
+
+    def _check_token(self, message: AbstractIncomingMessage, worker_id: str) -> None:
+        worker = self.state.pool.workers.get(worker_id)
+        if worker is None:
+            raise Refused(f"unknown worker {worker_id!r}")
+        token = (message.headers or {}).get(TOKEN_HEADER)
+        if isinstance(token, bytes):
+            token = token.decode(errors="replace")
+        if not isinstance(token, str) or not same_hash(hash_token(token), worker.token_hash):
+            raise Refused(
+                f"unauthorized: the {TOKEN_HEADER} header must hold worker {worker_id!r}'s token"
+            )
+
+    def _apply_one(self, task: Task, report: Report, body: dict[str, Any], plan: ReportPlan) -> str:
+        worker_id = body["worker_id"]
+        status = TaskStatus(task.status)
+        repeated = repeated_outcome(status, report, worker_id, task.worker_id, task.rejected_by)
+        if repeated is not None:
+            if repeated.follow_up is not None:
+                plan.follow_ups.append((task, repeated.follow_up))
+            return "repeated"
+        if task.worker_id != worker_id:
+            raise Refused(f"task {task.id} is not assigned to worker {worker_id!r}")
+        transition = next_state(status, report, task.attempt, task.max_attempts)
+        apply_transition(task, transition, report, worker_id, body.get("result"), body.get("error"))
+        if transition.follow_up is not None:
+            plan.follow_ups.append((task, transition.follow_up))
+        return "applied"
+
+    async def _follow_up(self, task: Task, follow_up: FollowUp) -> None:
+        publisher = self.state.publisher
+        body = assignments.intake_body(task)
+        if follow_up is FollowUp.REQUEUE:
+            await publisher.intake(body, task.priority)
+        elif follow_up is FollowUp.RETRY:
+            delays = self.state.settings.dispatch.retry_delays
+            delay = delays[min(task.attempt - 2, len(delays) - 1)]
+            await publisher.retry(retry_queue(delay).name, body, task.priority)
+        else:
+            reason = f"attempts exhausted ({task.attempt} of {task.max_attempts}): {task.error}"
+            await publisher.dead_letter(
+                _json_bytes(body), reason, REPORTS_QUEUE, routing_key="task.dead"
+            )
+            await publisher.event("task.dead", {"task_id": task.id, "error": task.error})
+            self.state.metrics.dead_letters.labels(source="attempts").inc()
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, default=str).encode()

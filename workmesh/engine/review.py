@@ -1,0 +1,131 @@
+"""The leader's periodic review of the pool: heartbeats, scaling, orphans and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from aio_pika.abc import AbstractChannel
+
+from models import Task
+from rabbitmq.topology import INTAKE_QUEUE, declare_queue, retry_queue, worker_queue
+from workmesh.dispatch.pool import PoolChange
+from workmesh.dispatch.scaling import PoolView, ScalingPolicy, StepPolicy, ThresholdPolicy
+from workmesh.engine.state import LeaderState
+from workmesh.services import assignments
+from workmesh.settings import ScalingPolicyName, parse_thresholds
+
+log = logging.getLogger(__name__)
+
+
+def scaling_policy(state: LeaderState) -> ScalingPolicy:
+    config = state.settings.dispatch
+    if config.scaling_policy is ScalingPolicyName.THRESHOLD:
+        return ThresholdPolicy(parse_thresholds(config.scaling_thresholds), config.scaling_window)
+    return StepPolicy()
+
+
+class PoolReview:
+    def __init__(self, state: LeaderState, channel: AbstractChannel) -> None:
+        self.state = state
+        self.channel = channel  # for queue inspection and declaring new workers' queues
+        self.policy = scaling_policy(state)
+        self.desired: int | None = None
+        self.declared: set[str] = set()
+
+    async def run(self) -> None:
+        while True:
+            await self.review()
+            await asyncio.sleep(self.state.settings.dispatch.review_interval)
+
+    async def review(self) -> None:
+        state = self.state
+        backlog = await self._depth(INTAKE_QUEUE)
+        waiting_retries = 0
+        for delay in state.settings.dispatch.retry_delays:
+            waiting_retries += await self._depth(retry_queue(delay).name)
+        now = time.monotonic()
+        async with state.lock:
+            async with state.sessions() as session, session.begin():
+                records = await assignments.worker_records(session)
+                changes = state.pool.sync(records, datetime.now(UTC), now)
+                returned: list[Task] = []
+                for change in changes:
+                    if change.event == "offline":
+                        returned += await assignments.return_tasks_of(session, change.worker_id)
+                view = PoolView(
+                    backlog=backlog,
+                    free_capacity=state.pool.free_capacity(),
+                    engaged=sum(w.engaged for w in state.pool.reserves()),
+                    idle_engaged=len(state.pool.idle_engaged(now)),
+                    available=len(state.pool.reserves()),
+                )
+                desired = self.policy.desired(now, view)
+                changes += state.pool.engage(desired, now)
+                for worker_id in {c.worker_id for c in changes}:
+                    worker = state.pool.workers[worker_id]
+                    await assignments.set_worker_flags(
+                        session, worker_id, online=worker.online, engaged=worker.engaged
+                    )
+                orphans: list[Task] = []
+                if backlog == 0 and waiting_retries == 0:
+                    orphans = await assignments.orphaned_tasks(
+                        session, state.settings.dispatch.orphan_after
+                    )
+                counts = await assignments.count_by_status(session)
+            for task in returned:
+                state.pool.release(task.id, now)
+            if changes:
+                state.room.set()
+        for task in returned + orphans:
+            await state.publisher.intake(assignments.intake_body(task), task.priority)
+        if orphans:
+            log.warning("published %d orphaned tasks again", len(orphans))
+        await self._announce(changes, desired)
+        await self._declare_new_worker_queues()
+        self._export(backlog, counts)
+
+    async def _depth(self, queue_name: str) -> int:
+        queue = await self.channel.declare_queue(queue_name, passive=True)
+        result = queue.declaration_result
+        return int(result.message_count or 0)
+
+    async def _announce(self, changes: list[PoolChange], desired: int) -> None:
+        publisher = self.state.publisher
+        for change in changes:
+            log.info("worker %s is %s", change.worker_id, change.event)
+            await publisher.event(f"worker.{change.event}", {"worker_id": change.worker_id})
+            if change.event == "offline":
+                # Assignments still waiting there now belong to someone else.
+                queue = await self.channel.declare_queue(
+                    worker_queue(change.worker_id).name, passive=True
+                )
+                await queue.purge()
+        if desired != self.desired:
+            self.desired = desired
+            self.state.metrics.desired_reserve.set(desired)
+            await publisher.event(
+                "pool.scale",
+                {
+                    "desired_reserve": desired,
+                    "policy": self.state.settings.dispatch.scaling_policy.value,
+                    "reserves_online": len(self.state.pool.reserves()),
+                },
+            )
+
+    async def _declare_new_worker_queues(self) -> None:
+        for worker_id in self.state.pool.workers.keys() - self.declared:
+            await declare_queue(self.channel, worker_queue(worker_id))
+            self.declared.add(worker_id)
+
+    def _export(self, backlog: int, counts: dict[str, int]) -> None:
+        metrics = self.state.metrics
+        metrics.queue_depth.labels(queue=INTAKE_QUEUE).set(backlog)
+        for status, count in counts.items():
+            metrics.tasks.labels(status=status).set(count)
+        for worker in self.state.pool.workers.values():
+            metrics.worker_load.labels(worker.worker_id, worker.tier.value).set(worker.load)
+            metrics.worker_capacity.labels(worker.worker_id, worker.tier.value).set(worker.capacity)
+            metrics.worker_online.labels(worker.worker_id).set(int(worker.online))

@@ -1,0 +1,159 @@
+"""The dispatcher leader's reads and writes: tasks to assign, reports to apply, the pool."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models import ApiToken, Task, Worker
+from models.base import utcnow
+from schemas.workers import Tier
+from workmesh.dispatch.lifecycle import ASSIGNABLE, ON_WORKER, Report, TaskStatus, Transition
+from workmesh.dispatch.pool import WorkerRecord
+
+
+async def tasks_for_intake(
+    session: AsyncSession, ids: Collection[str], keys: Collection[str]
+) -> list[Task]:
+    """The tasks an intake batch names, by id or by idempotency key."""
+    if not ids and not keys:
+        return []
+    clauses = []
+    if ids:
+        clauses.append(Task.id.in_(ids))
+    if keys:
+        clauses.append(Task.idempotency_key.in_(keys))
+    return list((await session.scalars(select(Task).where(or_(*clauses)))).all())
+
+
+async def tasks_by_id(session: AsyncSession, ids: Collection[str]) -> dict[str, Task]:
+    if not ids:
+        return {}
+    rows = await session.scalars(select(Task).where(Task.id.in_(ids)))
+    return {row.id: row for row in rows}
+
+
+def mark_assigned(task: Task, worker_id: str, now: datetime) -> None:
+    task.status = TaskStatus.ASSIGNED.value
+    task.worker_id = worker_id
+    task.assigned_at = now
+    task.updated_at = now
+
+
+async def worker_records(session: AsyncSession) -> list[WorkerRecord]:
+    rows = await session.scalars(select(Worker))
+    return [
+        WorkerRecord(w.id, Tier(w.tier), w.capacity, w.token_hash, w.last_heartbeat_at)
+        for w in rows
+    ]
+
+
+async def tasks_on_workers(session: AsyncSession) -> list[tuple[str, str]]:
+    rows = await session.execute(
+        select(Task.id, Task.worker_id).where(Task.status.in_([s.value for s in ON_WORKER]))
+    )
+    return [(task_id, worker_id) for task_id, worker_id in rows.all() if worker_id]
+
+
+async def producer_token_names(session: AsyncSession) -> dict[str, str]:
+    """token hash → token name, for the tokens that may submit tasks."""
+    rows = await session.execute(select(ApiToken.token_hash, ApiToken.name))
+    return dict(rows.all())
+
+
+async def return_tasks_of(session: AsyncSession, worker_id: str) -> list[Task]:
+    """A worker went offline: its unfinished tasks go back to the queue."""
+    rows = (
+        await session.scalars(
+            select(Task).where(
+                Task.worker_id == worker_id, Task.status.in_([s.value for s in ON_WORKER])
+            )
+        )
+    ).all()
+    now = utcnow()
+    for task in rows:
+        task.status = TaskStatus.QUEUED.value
+        task.worker_id = None
+        task.updated_at = now
+    return list(rows)
+
+
+async def set_worker_flags(
+    session: AsyncSession, worker_id: str, *, online: bool, engaged: bool
+) -> None:
+    await session.execute(
+        update(Worker).where(Worker.id == worker_id).values(online=online, engaged=engaged)
+    )
+
+
+async def orphaned_tasks(session: AsyncSession, older_than: float) -> list[Task]:
+    """Waiting tasks untouched for a while; called only when no message is left in RabbitMQ,
+    so these have lost theirs (a crash between a commit and its publish) and need one again."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    rows = (
+        await session.scalars(
+            select(Task).where(
+                Task.status.in_([s.value for s in ASSIGNABLE]), Task.updated_at < cutoff
+            )
+        )
+    ).all()
+    now = utcnow()
+    for task in rows:
+        task.status = TaskStatus.QUEUED.value
+        task.updated_at = now
+    return list(rows)
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(Task.status, func.count()).group_by(Task.status))
+    counts = {status.value: 0 for status in TaskStatus}
+    counts.update(dict(rows.all()))
+    return counts
+
+
+def intake_body(task: Task) -> dict[str, object]:
+    """The message that puts an existing task back into the queue."""
+    return {"id": task.id, "kind": task.kind, "payload": task.payload, "priority": task.priority}
+
+
+def assignment_body(task: Task) -> dict[str, object]:
+    return {
+        "task_id": task.id,
+        "kind": task.kind,
+        "payload": task.payload,
+        "priority": task.priority,
+        "attempt": task.attempt,
+    }
+
+
+def ids_of(tasks: Sequence[Task]) -> list[str]:
+    return [task.id for task in tasks]
+
+
+def apply_transition(
+    task: Task,
+    transition: Transition,
+    report: Report,
+    worker_id: str,
+    result: Any,
+    error: str | None,
+) -> None:
+    """Write a lifecycle transition onto the task row (the API uses this too)."""
+    now = utcnow()
+    task.status = transition.status.value
+    task.attempt = transition.attempt
+    task.updated_at = now
+    if report is Report.DONE:
+        task.result = result
+        task.finished_at = now
+    elif report is Report.FAILED:
+        task.error = error or "failed without a reason"
+        if transition.status is TaskStatus.DEAD:
+            task.finished_at = now
+    elif report is Report.REJECTED:
+        task.rejected_by = worker_id
+        task.worker_id = None

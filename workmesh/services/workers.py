@@ -1,0 +1,78 @@
+"""Workers: registration, heartbeats, and what the API shows of them."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models import Task, Worker
+from models.base import utcnow
+from schemas.workers import WorkerCreate, WorkerView
+from workmesh.dispatch.lifecycle import ON_WORKER
+from workmesh.security import hash_token, new_token, same_hash
+
+
+class WorkerExists(ValueError):
+    pass
+
+
+class UnknownWorker(LookupError):
+    pass
+
+
+async def create_worker(session: AsyncSession, spec: WorkerCreate) -> str:
+    """Register a worker; returns its token, which is shown once and never stored."""
+    if await session.get(Worker, spec.id) is not None:
+        raise WorkerExists(f"worker {spec.id!r} exists already")
+    token = new_token()
+    session.add(
+        Worker(
+            id=spec.id,
+            tier=spec.tier.value,
+            capacity=spec.capacity,
+            token_hash=hash_token(token),
+            online=False,
+            engaged=False,
+        )
+    )
+    return token
+
+
+async def record_authenticated_heartbeat(
+    session: AsyncSession, worker_id: str, token: object
+) -> None:
+    """A heartbeat over AMQP carries the worker's own token; nobody else may keep it alive."""
+    worker = await session.get(Worker, worker_id)
+    if worker is None:
+        raise UnknownWorker(f"unknown worker {worker_id!r}")
+    if not isinstance(token, str) or not same_hash(hash_token(token), worker.token_hash):
+        raise PermissionError(f"unauthorized: heartbeat without worker {worker_id!r}'s token")
+    worker.last_heartbeat_at = utcnow()
+
+
+async def record_heartbeat(session: AsyncSession, worker_id: str) -> None:
+    result = await session.execute(
+        update(Worker).where(Worker.id == worker_id).values(last_heartbeat_at=utcnow())
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise UnknownWorker(f"unknown worker {worker_id!r}")
+
+
+async def worker_views(session: AsyncSession, worker_id: str | None = None) -> list[WorkerView]:
+    loads = dict(
+        (
+            await session.execute(
+                select(Task.worker_id, func.count())
+                .where(Task.status.in_([s.value for s in ON_WORKER]))
+                .group_by(Task.worker_id)
+            )
+        ).all()
+    )
+    query = select(Worker).order_by(Worker.id)
+    if worker_id is not None:
+        query = query.where(Worker.id == worker_id)
+    workers = (await session.scalars(query)).all()
+    return [
+        WorkerView.model_validate(w).model_copy(update={"load": loads.get(w.id, 0)})
+        for w in workers
+    ]

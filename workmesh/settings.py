@@ -1,0 +1,126 @@
+"""Settings from the environment (prefix ``WORKMESH_``), split by concern and built once.
+
+Nothing here is read at import time: ``Settings.from_env()`` is called by the entry point and
+the result is passed down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "admin"})
+
+
+class Profile(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class AmqpSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKMESH_AMQP_")
+
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKMESH_DATABASE_")
+
+    # The embedded default; the same code serves postgresql+asyncpg://... URLs.
+    url: str = "sqlite+aiosqlite:///./workmesh.db"
+    echo: bool = False
+
+
+class HttpSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKMESH_HTTP_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class ScalingPolicyName(StrEnum):
+    STEP = "step"
+    THRESHOLD = "threshold"
+
+
+class DispatchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKMESH_DISPATCH_")
+
+    # A worker that has sent no heartbeat for this long is offline; its tasks go back.
+    heartbeat_timeout: PositiveFloat = 30.0
+    # How often the leader reviews the pool: heartbeats, scaling, metrics, reconciliation.
+    review_interval: PositiveFloat = 1.0
+    # Attempts before a failing task is dead-lettered.
+    max_attempts: PositiveInt = 3
+    # Backoff before attempt 2, 3, ...: each delay becomes a RabbitMQ queue with that TTL.
+    retry_delays: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 10.0, 60.0])
+    # An engaged reserve worker with no tasks for this long goes back to standby.
+    reserve_idle: PositiveFloat = 60.0
+    scaling_policy: ScalingPolicyName = ScalingPolicyName.STEP
+    # threshold policy: "queue length:reserve count" pairs, e.g. "10:1,50:2,200:4".
+    scaling_thresholds: str = "1:1,50:2,200:4"
+    # threshold policy: the queue length is averaged over this window.
+    scaling_window: PositiveFloat = 30.0
+    # Most intake messages taken in one grouped commit.
+    batch_size: int = Field(default=128, ge=1, le=1000)
+    # Queued tasks older than this with no message left in RabbitMQ are published again.
+    orphan_after: PositiveFloat = 60.0
+
+    @model_validator(mode="after")
+    def _thresholds_parse(self) -> DispatchSettings:
+        parse_thresholds(self.scaling_thresholds)
+        return self
+
+
+def parse_thresholds(text: str) -> list[tuple[int, int]]:
+    """``"10:1,50:2"`` → ``[(10, 1), (50, 2)]``, sorted by queue length."""
+    pairs: list[tuple[int, int]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        length, _, count = part.partition(":")
+        try:
+            pairs.append((int(length), int(count)))
+        except ValueError:
+            raise ValueError(
+                f"scaling threshold {part!r} is not 'queue_length:reserve_count'"
+            ) from None
+    if any(length < 0 or count < 0 for length, count in pairs):
+        raise ValueError("scaling thresholds must not be negative")
+    return sorted(pairs)
+
+
+class SecuritySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKMESH_")
+
+    profile: Profile = Profile.DEVELOPMENT
+    # Bootstrap admin token; more tokens are made with ``workmesh token add``.
+    admin_token: str = "change-me"
+
+    @model_validator(mode="after")
+    def _no_placeholder_in_production(self) -> SecuritySettings:
+        if self.profile is Profile.PRODUCTION and self.admin_token in PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "WORKMESH_ADMIN_TOKEN holds a placeholder; set a real secret in production"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class Settings:
+    amqp: AmqpSettings
+    database: DatabaseSettings
+    http: HttpSettings
+    dispatch: DispatchSettings
+    security: SecuritySettings
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            amqp=AmqpSettings(),
+            database=DatabaseSettings(),
+            http=HttpSettings(),
+            dispatch=DispatchSettings(),
+            security=SecuritySettings(),
+        )
