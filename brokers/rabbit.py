@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,6 +24,8 @@ def build_broker(
     """The broker for one process. ``consume=False`` builds a publish-only broker (the api role)."""
     broker = RabbitBroker(
         settings.amqp.url,
+        # Every heartbeat is a message; an access line for each would drown the log.
+        log_level=logging.DEBUG,
         middlewares=(
             RabbitPrometheusMiddleware(registry=metrics.registry, app_name="workmesh"),
             DeadLetterMiddleware,

@@ -147,6 +147,7 @@ class Harness:
         self, method: str, path: str, token: str | None = ADMIN_TOKEN, **kwargs: Any
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kwargs.pop("headers", {}))
         async with self.http.request(method, self.base + path, headers=headers, **kwargs) as resp:
             body = (
                 await resp.json() if resp.content_type == "application/json" else await resp.text()
@@ -194,7 +195,8 @@ class Harness:
 
 @pytest.fixture
 async def harness(amqp_url: str, database_url: str) -> AsyncIterator[Harness]:
-    async with aiohttp.ClientSession() as http:
+    # A request that hangs should fail the test with a place, not stall the whole run.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         harness = Harness(amqp_url, database_url, http)
         try:
             yield harness

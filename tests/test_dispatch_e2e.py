@@ -40,3 +40,160 @@ async def test_even_spread_over_active_workers(harness: Harness) -> None:
     assert stats["tasks"]["done"] == 9
     assert stats["workers"]["load"] == 0
     await asyncio.sleep(0)
+
+
+async def test_reserves_only_when_actives_are_full_and_released_after(harness: Harness) -> None:
+    # Given one active worker with room for two, and a reserve, under the step policy
+    await harness.start(scaling_policy="step", reserve_idle=0.3)
+    active = await harness.bot("active-1", capacity=2, mode="hold")
+    reserve = await harness.bot("reserve-1", capacity=2, tier="reserve", mode="hold")
+    await harness.wait_online("active-1", "reserve-1")
+    token = await harness.producer_token()
+    async with Producer(harness.amqp_url, token) as producer:
+        # When two tasks come, the active worker takes both and the reserve stays idle
+        for _ in range(2):
+            await producer.submit()
+        await eventually(lambda: active.load == 2, message="active worker full")
+        await asyncio.sleep(0.5)  # several reviews: nothing waits, so no reserve is engaged
+        assert reserve.received == []
+        # When more come while the active worker is full, the reserve is brought in
+        for _ in range(2):
+            await producer.submit()
+    await eventually(lambda: reserve.load == 2, message="reserve engaged and given the backlog")
+    _, body = await harness.api("GET", "/api/v1/workers/reserve-1")
+    assert body["engaged"] is True
+    # And when the work is done and the reserve has been idle, it goes back to standby
+    await reserve.finish_all()
+    await active.finish_all()
+
+    async def standby() -> bool:
+        _, worker = await harness.api("GET", "/api/v1/workers/reserve-1")
+        return worker["engaged"] is False
+
+    await eventually(standby, message="reserve back to standby")
+
+
+async def test_priority_order_holds_while_every_worker_is_full(harness: Harness) -> None:
+    # Given the only worker is busy
+    await harness.start()
+    bot = await harness.bot("only", capacity=1, mode="hold")
+    await harness.wait_online("only")
+    token = await harness.producer_token()
+    async with Producer(harness.amqp_url, token) as producer:
+        blocker = await producer.submit(priority=0)
+        await eventually(lambda: bot.load == 1, message="worker busy")
+        # When tasks of mixed priority wait (submitted lowest first)
+        order = [0, 3, 9, 1, 9, 5, 0, 7]
+        ids = [await producer.submit(priority=p, payload={"n": i}) for i, p in enumerate(order)]
+    await asyncio.sleep(0.3)
+    # Then they wait in RabbitMQ, not in the dispatcher
+    assert bot.task_ids() == [blocker]
+    # And leave it highest priority first, first-in-first-out within a priority
+    for _ in ids:
+        await eventually(lambda: bot.load == 1, message="next task")
+        await bot.finish_all()
+    await eventually(lambda: len(bot.received) == len(ids) + 1, message="all delivered")
+    got = [(r.priority, r.payload["n"]) for r in bot.received[1:]]
+    expected = sorted(((p, i) for i, p in enumerate(order)), key=lambda x: (-x[0], x[1]))
+    assert got == expected
+
+
+async def test_silent_worker_tasks_go_to_another(harness: Harness) -> None:
+    # Given two workers, one of which takes tasks and then goes silent
+    await harness.start(heartbeat_timeout=0.8)
+    silent = await harness.bot("silent", capacity=2, mode="silent")
+    await harness.wait_online("silent")
+    token = await harness.producer_token()
+    async with Producer(harness.amqp_url, token) as producer:
+        ids = {await producer.submit(priority=p) for p in (2, 7)}
+    await eventually(lambda: len(silent.received) == 2, message="silent worker took both")
+    silent.beating = False
+    healthy = await harness.bot("healthy", capacity=2, mode="done")
+    # When its heartbeats stop, then its tasks are handed to the healthy worker and finish
+    await eventually(lambda: set(healthy.task_ids()) == ids, timeout=15, message="tasks reassigned")
+    for task_id in ids:
+
+        async def done(t: str = task_id) -> bool:
+            return await _is(harness, t, "done")
+
+        await eventually(done, message="done")
+    _, worker = await harness.api("GET", "/api/v1/workers/silent")
+    assert worker["online"] is False
+    assert worker["load"] == 0
+
+
+async def _is(harness: Harness, task_id: str, status: str) -> bool:
+    return await task_status(harness, task_id) == status
+
+
+async def test_a_rejected_task_goes_to_another_worker(harness: Harness) -> None:
+    await harness.start()
+    picky = await harness.bot("picky", capacity=1, mode="reject")
+    await harness.wait_online("picky")
+    token = await harness.producer_token()
+    async with Producer(harness.amqp_url, token) as producer:
+        task_id = await producer.submit()
+    await eventually(lambda: len(picky.received) >= 1, message="picky got it")
+    willing = await harness.bot("willing", capacity=1, mode="done")
+    await eventually(lambda: willing.task_ids() == [task_id], message="handed to the other")
+    await eventually(lambda: _is(harness, task_id, "done"), message="done")
+    _, task = await harness.api("GET", f"/api/v1/tasks/{task_id}")
+    assert task["attempt"] == 1  # a rejection is not a failed attempt
+
+
+async def test_cancel_a_waiting_and_a_running_task(harness: Harness) -> None:
+    await harness.start()
+    bot = await harness.bot("b", capacity=1, mode="hold")
+    await harness.wait_online("b")
+    status, running = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
+    assert status == 201
+    await eventually(lambda: bot.load == 1, message="running")
+    status, waiting = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
+    assert status == 201
+    # Cancel the waiting one: it is never delivered
+    status, body = await harness.api("POST", f"/api/v1/tasks/{waiting['id']}/cancel")
+    assert (status, body["status"]) == (200, "cancelled")
+    # Cancel the running one: the worker is told, and its room comes back
+    status, body = await harness.api("POST", f"/api/v1/tasks/{running['id']}/cancel")
+    assert (status, body["status"]) == (200, "cancelled")
+    await eventually(lambda: bot.cancels == [running["id"]], message="cancel notice")
+    status, third = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
+    await eventually(
+        lambda: bot.task_ids() == [running["id"], third["id"]],
+        message="room freed for the next task; the cancelled one skipped",
+    )
+    # Cancelling twice is a clear conflict
+    status, body = await harness.api("POST", f"/api/v1/tasks/{running['id']}/cancel")
+    assert status == 409
+    assert "cancelled" in body["error"]
+
+
+async def test_a_worker_over_http_only(harness: Harness) -> None:
+    # Given a worker that uses HTTP for heartbeats and status, and AMQP only to receive
+    await harness.start()
+    token = await harness.add_worker("http-bot", capacity=1)
+    status, _ = await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+    assert status == 204
+    await harness.wait_online("http-bot")
+    status, created = await harness.api("POST", "/api/v1/tasks", json={"kind": "k", "priority": 4})
+    task_id = created["id"]
+    await eventually(lambda: _is(harness, task_id, "assigned"), message="assigned")
+    # It sees its task, moves it to in_progress and then done
+    status, mine = await harness.api("GET", "/api/v1/tasks?worker_id=http-bot", token=token)
+    assert [t["id"] for t in mine["tasks"]] == [task_id]
+    path = f"/api/v1/worker/tasks/{task_id}/status"
+    status, body = await harness.api("POST", path, token=token, json={"status": "in_progress"})
+    assert (status, body["status"]) == (200, "in_progress")
+    status, body = await harness.api(
+        "POST", path, token=token, json={"status": "done", "result": {"answer": 42}}
+    )
+    assert (status, body["status"], body["result"]) == (200, "done", {"answer": 42})
+    # The same change again is harmless; a change the lifecycle forbids is a 409 with a reason
+    status, _ = await harness.api("POST", path, token=token, json={"status": "done"})
+    assert status == 200
+    status, body = await harness.api("POST", path, token=token, json={"status": "in_progress"})
+    assert status == 409
+    assert "done" in body["error"]
+    # And its room is free again for the next task
+    status, nxt = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
+    await eventually(lambda: _is(harness, nxt["id"], "assigned"), message="next assigned")

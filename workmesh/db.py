@@ -22,7 +22,17 @@ MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
-    engine = create_async_engine(settings.url, echo=settings.echo, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if settings.url.startswith("postgresql+asyncpg"):
+        # A transaction left open by a process that hung must not hold its row locks
+        # forever, and a writer waiting on a lock should fail loudly rather than stall.
+        connect_args["server_settings"] = {
+            "idle_in_transaction_session_timeout": "60000",
+            "lock_timeout": "15000",
+        }
+    engine = create_async_engine(
+        settings.url, echo=settings.echo, pool_pre_ping=True, connect_args=connect_args
+    )
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

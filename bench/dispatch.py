@@ -1,0 +1,304 @@
+"""Dispatch benchmark: workmesh end to end against Celery on the same RabbitMQ.
+
+Run from the repository root::
+
+    .venv/bin/python bench/dispatch.py          # full run (~2-3 min)
+    .venv/bin/python bench/dispatch.py --quick  # smoke run (~30-40 s)
+
+See bench/README.md for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._celery_run import run_celery
+from bench._common import SystemResult, add_vhost, delete_vhost, rabbitmq_pid
+from bench._workmesh import MeshProcess, run_workmesh
+
+ANCHOR = (
+    "issue anchor: Celery ~320 tasks/s with confirms, ~690-870 without; bare aio-pika relay "
+    "~600 msgs/s; target: workmesh ≥ 2x Celery-with-confirms, never below "
+    "Celery-without-confirms; p99 < 25 ms at 200/s; imbalance ≤ 1"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (~30 s)")
+    parser.add_argument("--host", default="127.0.0.1:5672", help="RabbitMQ host:port")
+    parser.add_argument("--workers", type=int, default=4, help="workmesh bots")
+    parser.add_argument("--capacity", type=int, default=4, help="capacity of each bot")
+    parser.add_argument("--celery-pool", choices=["threads", "solo"], default="threads")
+    parser.add_argument("--celery-concurrency", type=int, default=4)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir with the logs")
+    parser.add_argument(
+        "--only",
+        choices=["workmesh", "celery"],
+        default=None,
+        help="run one side only (for diagnosis; the full comparison needs both)",
+    )
+    args = parser.parse_args(argv)
+    if args.celery_pool == "solo":
+        args.celery_concurrency = 1
+
+    n = 1000 if args.quick else 5000
+    warmup = 100 if args.quick else 200
+    rate = 200.0
+    seconds = 3.0 if args.quick else 10.0
+
+    started = time.monotonic()
+
+    def log(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+    vhost = f"bench-dispatch-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    url = f"amqp://guest:guest@{args.host}/{vhost}"
+    workdir = Path(tempfile.mkdtemp(prefix="workmesh-bench-"))
+    keep = args.keep
+    results: list[SystemResult] = []
+    add_vhost(vhost)
+    rabbitmq_pid()  # looked up once, up front (rabbitmqctl is slow)
+    log(f"vhost {vhost}, logs in {workdir}")
+    try:
+        if args.only != "celery":
+            results.append(run_mesh(workdir, url, args, n, warmup, rate, seconds, log))
+        for confirm in (True, False) if args.only != "workmesh" else ():
+            name = "Celery+confirms" if confirm else "Celery no confirms"
+            try:
+                results.append(
+                    run_celery(
+                        workdir,
+                        url,
+                        confirm,
+                        args.celery_pool,
+                        args.celery_concurrency,
+                        n,
+                        warmup,
+                        rate,
+                        seconds,
+                        log,
+                    )
+                )
+            except Exception as error:
+                results.append(SystemResult(name, "?", notes=[f"failed: {error!r}"]))
+                keep = True
+    finally:
+        try:
+            delete_vhost(vhost)
+        except Exception as error:
+            log(f"could not delete vhost {vhost}: {error!r}")
+    if any(
+        r.notes and any("error" in x or "stalled" in x or "failed" in x for x in r.notes)
+        for r in results
+    ):
+        keep = True
+    print_report(results, n, warmup, rate, seconds, args, time.monotonic() - started)
+    if keep:
+        print(f"\nlogs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def run_mesh(workdir, url, args, n, warmup, rate, seconds, log) -> SystemResult:
+    mesh = MeshProcess(workdir, url, args.workers, args.capacity)
+    result: SystemResult
+    try:
+        mesh.setup()
+        log("workmesh: migrated, producer token and workers registered")
+        mesh.start()
+        result = asyncio.run(run_workmesh(mesh, url, n, warmup, rate, seconds, log))
+    except Exception as error:
+        result = SystemResult("workmesh", "?", notes=[f"failed: {error!r}"])
+    finally:
+        code = mesh.stop()
+    if code not in (None, 0):
+        result.notes.append(f"mesh exited with {code} after SIGTERM")
+    problems = mesh.problems()
+    if problems:
+        result.notes.append(
+            f"{len(problems)} error/warning lines in the mesh's stderr ({mesh.stderr_path}); "
+            f"first: {problems[0][:300]}"
+        )
+    return result
+
+
+def _fmt(value: float | None, spec: str = ".0f", scale: float = 1.0) -> str:
+    return "n/a" if value is None else format(value * scale, spec)
+
+
+def print_report(results, n, warmup, rate, seconds, args, elapsed) -> None:
+    by = {r.name: r for r in results}
+    wm = by.get("workmesh")
+    cc = by.get("Celery+confirms")
+    cn = by.get("Celery no confirms")
+    cols = [wm, cc, cn]
+    names = ["workmesh", "Celery+confirms", "Celery no confirms"]
+
+    def cell(r: SystemResult | None, f) -> str:
+        if r is None:
+            return "n/a"
+        try:
+            return str(f(r))
+        except (AttributeError, TypeError, ValueError):
+            return "n/a"
+
+    def burst_rate(attr: str):
+        return lambda r: _fmt(getattr(r.burst, attr)) if r.burst else "n/a"
+
+    def lat(p: float):
+        return lambda r: _fmt(r.latency.percentile(p), ".1f", 1000) if r.latency else "n/a"
+
+    def imbalance(r: SystemResult) -> str:
+        if r.burst is None or r.burst.imbalance is None:
+            return "n/a (1 worker)"
+        counts = "/".join(str(r.burst.per_worker[k]) for k in sorted(r.burst.per_worker))
+        return f"{r.burst.imbalance} ({counts})"
+
+    def done_rate(r: SystemResult) -> str:
+        return _fmt(r.burst.done_rate) if r.burst and r.name == "workmesh" else "n/a"
+
+    def cpu(r: SystemResult) -> str:
+        if r.burst is None or not r.burst.cpu:
+            return "n/a"
+        return " / ".join(f"{v:.0f}" for v in r.burst.cpu.values())
+
+    rows = [
+        (f"burst of {n}: producer submit rate (tasks/s)", burst_rate("submit_rate")),
+        ("burst: end-to-end, last received (tasks/s)", burst_rate("received_rate")),
+        ("burst: end-to-end, all done in the mesh (tasks/s)", done_rate),
+        (f"latency p50 at {rate:.0f}/s (ms)", lat(50)),
+        (f"latency p99 at {rate:.0f}/s (ms)", lat(99)),
+        (
+            "latency samples received/sent",
+            lambda r: f"{len(r.latency.samples)}/{r.latency.sent}" if r.latency else "n/a",
+        ),
+        ("imbalance: max-min received per worker*", imbalance),
+        (
+            "max in-flight diff (bots, sampled 5 ms)",
+            lambda r: (
+                str(r.burst.max_inflight_diff)
+                if r.burst and r.burst.max_inflight_diff is not None
+                else "n/a"
+            ),
+        ),
+        (
+            "max load diff (mesh view, sampled 0.5 s)",
+            lambda r: (
+                str(r.burst.max_load_diff)
+                if r.burst and r.burst.max_load_diff is not None
+                else "n/a"
+            ),
+        ),
+        ("burst CPU %: server/driver/RabbitMQ/machine**", cpu),
+    ]
+    width0 = max(len(label) for label, _ in rows)
+    table = [[cell(r, f) for r in cols] for _, f in rows]
+    widths = [max(len(names[i]), *(len(row[i]) for row in table)) for i in range(3)]
+
+    print()
+    print(
+        f"dispatch benchmark ({'quick' if args.quick else 'full'}): {n} no-op tasks in a burst "
+        f"(after {warmup} warm-up), then {rate:.0f} tasks/s paced for {seconds:.0f} s; "
+        f"priorities 0-9 round robin; persistent messages; wall time {elapsed:.0f} s"
+    )
+    for r in results:
+        print(f"  {r.name}: {r.setup}")
+    print(
+        "  Celery: the task body stamps 'received' and appends it to a file; no result backend;"
+        " worker flags --without-gossip --without-mingle"
+    )
+    print(
+        "  workmesh: 'received' is the bot's consumer callback; 'done' is when GET "
+        "/api/v1/stats shows all of them done (polled every 20 ms)"
+    )
+    print()
+    print(f"{'':{width0}}  " + "  ".join(f"{names[i]:>{widths[i]}}" for i in range(3)))
+    for (label, _), row in zip(rows, table, strict=True):
+        print(f"{label:{width0}}  " + "  ".join(f"{row[i]:>{widths[i]}}" for i in range(3)))
+    print(
+        "*  counts in worker-id order. workmesh: per bot (bot-1/bot-2/...); Celery (one worker "
+        "process): per pool thread, which says little\n"
+        "** over the burst, % of one core: server = the mesh process / the Celery worker "
+        "process; driver = this process\n"
+        "   (workmesh: producer + bots; Celery: producer); RabbitMQ = its node; machine = all "
+        f"{os.cpu_count()} cores busy (of {100 * (os.cpu_count() or 1)}), anything else included"
+    )
+    print()
+    print(ANCHOR)
+
+    def rate_of(r: SystemResult | None, attr: str) -> float | None:
+        return getattr(r.burst, attr) if r is not None and r.burst is not None else None
+
+    wm_recv, wm_done = rate_of(wm, "received_rate"), rate_of(wm, "done_rate")
+    cc_recv, cn_recv = rate_of(cc, "received_rate"), rate_of(cn, "received_rate")
+    for label, value in (("received", wm_recv), ("done", wm_done)):
+        if value is not None and cc_recv:
+            print(f"ratio workmesh ({label}) / Celery-with-confirms: {value / cc_recv:.2f}x")
+        else:
+            print(f"ratio workmesh ({label}) / Celery-with-confirms: n/a")
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    def both(a: float | None, b: float | None, test) -> bool | None:
+        return None if a is None or b is None else bool(test(a, b))
+
+    p99 = wm.latency.percentile(99) if wm and wm.latency else None
+    lat_complete = bool(wm and wm.latency and len(wm.latency.samples) == wm.latency.sent)
+    imb = wm.burst.imbalance if wm and wm.burst else None
+    inflight = wm.burst.max_inflight_diff if wm and wm.burst else None
+    print("targets for workmesh:")
+    print(
+        f"  ≥ 2x Celery-with-confirms (received): "
+        f"{verdict(both(wm_recv, cc_recv, lambda a, b: a >= 2 * b))}"
+    )
+    print(
+        f"  ≥ 2x Celery-with-confirms (done):     "
+        f"{verdict(both(wm_done, cc_recv, lambda a, b: a >= 2 * b))}"
+    )
+    print(
+        f"  never below Celery-without-confirms (received): "
+        f"{verdict(both(wm_recv, cn_recv, lambda a, b: a >= b))}"
+    )
+    print(
+        f"  never below Celery-without-confirms (done):     "
+        f"{verdict(both(wm_done, cn_recv, lambda a, b: a >= b))}"
+    )
+    print(
+        f"  p99 < 25 ms at {rate:.0f}/s: "
+        f"{verdict(None if p99 is None else p99 < 0.025 and lat_complete)}"
+        + ("" if lat_complete or p99 is None else " (not every task arrived)")
+    )
+    print(f"  imbalance ≤ 1 (received per worker): {verdict(None if imb is None else imb <= 1)}")
+    print(
+        f"  in-flight diff ≤ 1 (bots, sampled):  "
+        f"{verdict(None if inflight is None else inflight <= 1)}"
+    )
+    notes = [(r.name, note) for r in results for note in r.notes]
+    notes += [(r.name, f"burst: {r.burst.stalled}") for r in results if r.burst and r.burst.stalled]
+    notes += [
+        (r.name, f"latency: {r.latency.stalled}")
+        for r in results
+        if r.latency and r.latency.stalled
+    ]
+    if notes:
+        print("notes:")
+        for name, note in notes:
+            print(f"  {name}: {note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
