@@ -103,7 +103,7 @@ def free_port() -> int:
 
 def make_settings(amqp_url: str, database_url: str, **dispatch: Any) -> Settings:
     defaults: dict[str, Any] = {
-        "heartbeat_timeout": 1.5,
+        "heartbeat_timeout": 3.0,
         "review_interval": 0.1,
         "retry_delays": [0.2, 0.4],
         "reserve_idle": 0.5,

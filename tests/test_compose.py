@@ -100,8 +100,9 @@ def test_roles_and_migrate_run_the_app_image_with_their_commands() -> None:
 
     assert set(APP_IMAGE_SERVICES) <= set(services)
     assert services["migrate"]["command"] == ["migrate"]
-    assert services["api"]["command"] == ["run", "--role", "api"]
-    assert services["dispatcher"]["command"] == ["run", "--role", "dispatcher"]
+    # The one-shot migrate service owns the schema; the roles must not race to migrate it.
+    assert services["api"]["command"] == ["run", "--role", "api", "--no-migrate"]
+    assert services["dispatcher"]["command"] == ["run", "--role", "dispatcher", "--no-migrate"]
     assert services["dispatcher"]["deploy"]["replicas"] >= 2
 
 

@@ -9,7 +9,6 @@ point: nothing is acknowledged before its effects are committed and published).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from enum import StrEnum
@@ -24,7 +23,7 @@ from rabbitmq.topology import declare_topology
 from workmesh.api.app import HealthCheck, build_app
 from workmesh.api.bus import ApiBus
 from workmesh.db import create_engine, migrate, session_factory
-from workmesh.engine.leader import Dispatcher
+from workmesh.engine.leader import Dispatcher, cancel_and_wait
 from workmesh.metrics import Metrics
 from workmesh.settings import Settings
 
@@ -91,9 +90,7 @@ class Mesh:
         log.info("workmesh %s role stopping", self.role.value)
         await self.runner.cleanup()
         if self.dispatcher_task is not None:
-            self.dispatcher_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.dispatcher_task
+            await cancel_and_wait(self.dispatcher_task)
         await self.broker.stop()
         await self.engine.dispose()
 

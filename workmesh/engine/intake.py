@@ -70,7 +70,7 @@ class IntakeLoop:
             if not batch:
                 batch = [await self._wait_for_one()]
                 batch += await self._take(want - 1)
-            await self.dispatch(batch)
+            await state.finish_even_if_stopped(self.dispatch(batch))
 
     async def _take(self, count: int) -> list[AbstractIncomingMessage]:
         taken: list[AbstractIncomingMessage] = []

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 REPORTS_PREFETCH = 512
 STANDBY_RETRY = 1.0
 RECONNECT_DELAY = 1.0
+GRACE_SECONDS = 10.0
 
 
 class Dispatcher:
@@ -76,6 +77,7 @@ class Dispatcher:
                 self.leading.clear()
                 self.ready.clear()
                 self.metrics.leader.set(0)
+            _stop_if_cancelled()
             await asyncio.sleep(RECONNECT_DELAY)
 
     async def _serve(self, connection: AbstractConnection) -> None:
@@ -134,10 +136,11 @@ class Dispatcher:
             raise ConnectionError("RabbitMQ connection closed")
         finally:
             for task in loops:
-                task.cancel()
-            for task in loops:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await cancel_and_wait(task)
+            if state.in_flight:
+                # Graceful stop: batches already taken finish (commit, publish, ack) before
+                # the connection closes; anything not yet taken stays in RabbitMQ.
+                await asyncio.wait(state.in_flight, timeout=GRACE_SECONDS)
 
     async def _acquire_lead(self, connection: AbstractConnection) -> None:
         while True:
@@ -148,3 +151,22 @@ class Dispatcher:
             except aiormq.exceptions.ChannelLockedResource:
                 log.debug("another dispatcher leads; standing by")
             await asyncio.sleep(STANDBY_RETRY)
+
+
+def _stop_if_cancelled() -> None:
+    """Being stopped can surface as a closed-channel error rather than CancelledError; a
+    dispatcher that is being cancelled must leave, not reconnect."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it to end. The AMQP client can swallow a cancellation
+    that lands inside one of its calls (a basic.get, a consumer cancel), so ask again
+    until the task is really gone."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()

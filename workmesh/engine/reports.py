@@ -67,7 +67,7 @@ class ReportApplier:
             self._arrived.clear()
             batch, self._inbox = self._inbox, []
             if batch:
-                await self.apply(batch)
+                await self.state.finish_even_if_stopped(self.apply(batch))
 
     async def apply(self, messages: list[AbstractIncomingMessage]) -> None:
         state = self.state

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +31,15 @@ class LeaderState:
     room: asyncio.Event = field(default_factory=asyncio.Event)
     # token hash → name, for producer and admin tokens (refreshed at each review).
     producer_tokens: dict[str, str] = field(default_factory=dict)
+    # Batches under way; on shutdown they are let finish before the connection closes.
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def finish_even_if_stopped(self, work: Coroutine[Any, Any, None]) -> Awaitable[None]:
+        """Run a batch so that stopping the loop that started it does not cut it in half."""
+        task = asyncio.create_task(work)
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+        return asyncio.shield(task)
 
     async def reload(self) -> None:
         """Rebuild the pool from the database: on taking office, and after a failed batch."""
