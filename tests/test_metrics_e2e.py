@@ -10,16 +10,17 @@ from tests.conftest import Harness, eventually
 from workmesh.runtime import Role
 
 
-async def scrape(
-    harness: Harness, port: int
-) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(harness: Harness, port: int) -> Samples:
     async with harness.http.get(f"http://127.0.0.1:{port}/metrics") as response:
         assert response.status == 200
         text = await response.text()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
     return samples
 
 
