@@ -9,7 +9,6 @@ from tests.bots import Producer
 from tests.conftest import Harness, eventually
 from workmesh.runtime import Role
 
-
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
