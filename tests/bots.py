@@ -211,3 +211,30 @@ async def read_dead_letters(
                 continue
             found.append((dict(message.headers or {}), message.body))
     return found
+
+
+@dataclass
+class EventTap:
+    """Listens to workmesh.events on a queue of its own, as any service may."""
+
+    amqp_url: str
+    keys: tuple[str, ...] = ("#",)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def __aenter__(self) -> EventTap:
+        self._connection = await aio_pika.connect(self.amqp_url)
+        channel = await self._connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        for key in self.keys:
+            await queue.bind("workmesh.events", routing_key=key)
+        await queue.consume(self._on_event, no_ack=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._connection.close()
+
+    async def _on_event(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.events.append((message.routing_key or "", json.loads(message.body)))
+
+    def of(self, key: str) -> list[dict[str, Any]]:
+        return [body for k, body in self.events if k == key]
