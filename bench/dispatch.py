@@ -175,6 +175,11 @@ def print_report(results, n, warmup, rate, seconds, args, elapsed) -> None:
             return "n/a"
         return " / ".join(f"{v:.0f}" for v in r.burst.cpu.values())
 
+    def cpu_per_task(r: SystemResult) -> str:
+        if r.burst is None or "server" not in r.burst.cpu or not r.burst.received_rate:
+            return "n/a"
+        return f"{10 * r.burst.cpu['server'] / r.burst.received_rate:.2f}"
+
     rows = [
         (f"burst of {n}: producer submit rate (tasks/s)", burst_rate("submit_rate")),
         ("burst: end-to-end, last received (tasks/s)", burst_rate("received_rate")),
@@ -203,6 +208,7 @@ def print_report(results, n, warmup, rate, seconds, args, elapsed) -> None:
             ),
         ),
         ("burst CPU %: server/driver/RabbitMQ/machine**", cpu),
+        ("server CPU per task in the burst (ms)", cpu_per_task),
     ]
     width0 = max(len(label) for label, _ in rows)
     table = [[cell(r, f) for r in cols] for _, f in rows]

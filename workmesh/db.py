@@ -31,7 +31,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
             "lock_timeout": "15000",
         }
     engine = create_async_engine(
-        settings.url, echo=settings.echo, pool_pre_ping=True, connect_args=connect_args
+        settings.url, echo=settings.echo, pool_pre_ping=False, connect_args=connect_args
     )
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -20,7 +20,7 @@ class Candidate:
     tier: Tier
     capacity: int
     load: int
-    last_assigned: float  # monotonic seconds; smaller means idle longer
+    last_assigned: float  # when (or in which order) it last got a task; lower = idle longer
 
     @property
     def has_room(self) -> bool:

@@ -6,6 +6,7 @@ takes office and keeps it current from its own assignments and the workers' repo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ class PoolWorker:
     engaged: bool = False
     token_hash: str = ""
     tasks: set[str] = field(default_factory=set)
-    last_assigned: float = 0.0
+    last_assigned: int = 0  # the number of its latest assignment; lower = waited longer
     idle_since: float = 0.0
 
     @property
@@ -60,6 +61,9 @@ class WorkerPool:
         self.reserve_idle = reserve_idle
         self.workers: dict[str, PoolWorker] = {}
         self.task_worker: dict[str, str] = {}
+        # Assignments are numbered, not timed: a batch assigns many at one clock reading,
+        # and the tie between equally loaded workers must still go to the longest-waiting.
+        self._assignments = itertools.count(1)
 
     # -- membership -----------------------------------------------------------------------
 
@@ -110,7 +114,7 @@ class WorkerPool:
         self.release(task_id, now)
         worker = self.workers[worker_id]
         worker.tasks.add(task_id)
-        worker.last_assigned = now
+        worker.last_assigned = next(self._assignments)
         self.task_worker[task_id] = worker_id
 
     def release(self, task_id: str, now: float) -> str | None:

@@ -13,13 +13,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from models import Task
 from models.base import utcnow
 from rabbitmq.topology import INTAKE_QUEUE, TOKEN_HEADER
 from schemas.tasks import TaskSubmit
@@ -27,7 +25,8 @@ from workmesh.dispatch.lifecycle import ASSIGNABLE, TaskStatus
 from workmesh.engine.publisher import gather_confirms
 from workmesh.engine.state import LeaderState
 from workmesh.security import ADMIN_BOOTSTRAP, hash_token, same_hash
-from workmesh.services import assignments
+from workmesh.services import assignments, task_rows
+from workmesh.services.task_rows import TaskRow
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +43,38 @@ def validation_summary(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+UNAUTHORIZED = f"unauthorized: a producer or admin token is required in the {TOKEN_HEADER} header"
+
+
 @dataclass
 class IntakePlan:
-    ack: list[AbstractIncomingMessage] = field(default_factory=list)
     requeue: list[AbstractIncomingMessage] = field(default_factory=list)
     dead: list[tuple[AbstractIncomingMessage, str]] = field(default_factory=list)
-    assigned: list[Task] = field(default_factory=list)
+    assigned: list[TaskRow] = field(default_factory=list)
 
 
-class IntakeLoop:
+class Intake:
+    """The intake queue's side of a leader cycle: take, plan (inside the cycle's transaction),
+    publish the assignments, settle the messages."""
+
     def __init__(self, state: LeaderState, queue: AbstractQueue) -> None:
         self.state = state
         self.queue = queue
+        self._rung: list[AbstractIncomingMessage] = []
+        self.doorbell = asyncio.Event()
 
-    async def run(self) -> None:
-        state = self.state
-        while True:
-            free = state.pool.free_capacity()
-            if free <= 0:
-                state.room.clear()
-                await state.room.wait()
-                continue
-            want = min(free, state.settings.dispatch.batch_size)
-            batch = await self._take(want)
-            if not batch:
-                batch = [await self._wait_for_one()]
-                batch += await self._take(want - 1)
-            await state.finish_even_if_stopped(self.dispatch(batch))
+    async def take(self, count: int, rung_only: bool = False) -> list[AbstractIncomingMessage]:
+        """Up to ``count`` messages: one basic.get each, highest priority first.
 
-    async def _take(self, count: int) -> list[AbstractIncomingMessage]:
-        taken: list[AbstractIncomingMessage] = []
+        ``rung_only``: just what the doorbell brought. A lone arrival is then dispatched
+        without first asking RabbitMQ for more (a round trip that would find nothing);
+        if a burst is arriving, the next turn takes the rest.
+        """
+        if count <= 0:
+            return []
+        taken, self._rung = self._rung[:count], self._rung[count:]
+        if rung_only and taken:
+            return taken
         while len(taken) < count:
             message = await self.queue.get(no_ack=False, fail=False)
             if message is None:
@@ -81,63 +82,54 @@ class IntakeLoop:
             taken.append(message)
         return taken
 
-    async def _wait_for_one(self) -> AbstractIncomingMessage:
-        arrived: asyncio.Future[AbstractIncomingMessage] = (
-            asyncio.get_running_loop().create_future()
-        )
+    async def listen(self) -> str:
+        """Start the doorbell: a prefetch-1 consumer that rings when a message arrives."""
 
         async def ring(message: AbstractIncomingMessage) -> None:
-            if not arrived.done():
-                arrived.set_result(message)
+            self._rung.append(message)
+            self.doorbell.set()
 
-        tag = await self.queue.consume(ring, no_ack=False)
-        try:
-            return await arrived
-        finally:
-            await self.queue.cancel(tag)
+        self.doorbell.clear()
+        return await self.queue.consume(ring, no_ack=False)
 
-    async def dispatch(self, messages: list[AbstractIncomingMessage]) -> None:
+    async def stop_listening(self, tag: str) -> None:
+        await self.queue.cancel(tag)
+
+    async def publish(self, plan: IntakePlan) -> None:
         state = self.state
-        started = time.perf_counter()
-        async with state.lock:
-            try:
-                plan = await self._plan(messages)
-            except Exception:
-                # The transaction rolled back; the pool may hold picks that never happened.
-                await state.reload()
-                raise
-        pending: list[Any] = []
-        for task in plan.assigned:
-            assert task.worker_id is not None
-            pending.append(
-                state.publisher.assignment(
-                    task.worker_id, assignments.assignment_body(task), task.priority
-                )
+        await gather_confirms(
+            state.publisher.assignment(
+                task.worker_id or "", assignments.assignment_body(task), task.priority
             )
-        await gather_confirms(pending)
+            for task in plan.assigned
+        )
         for message, reason in plan.dead:
             await state.publisher.dead_letter_message(message, reason, INTAKE_QUEUE)
             state.metrics.dead_letters.labels(source=INTAKE_QUEUE).inc()
-        for message in plan.ack + [m for m, _ in plan.dead]:
-            await message.ack()
+
+    async def settle(self, messages: list[AbstractIncomingMessage], plan: IntakePlan) -> None:
         for message in plan.requeue:
             await message.nack(requeue=True)
-        elapsed = time.perf_counter() - started
-        state.metrics.batch_size.observe(len(messages))
+        # Everything else is done with: one ack covers it (the requeued ones were settled
+        # just above, and cycles never overlap on this channel).
+        requeued = {id(m) for m in plan.requeue}
+        done = [m for m in messages if id(m) not in requeued]
+        if done:
+            await max(done, key=lambda m: m.delivery_tag or 0).ack(multiple=True)
+        metrics = self.state.metrics
+        metrics.batch_size.observe(len(messages))
         for task in plan.assigned:
-            state.metrics.dispatch_latency.observe(elapsed)
-            state.metrics.assignments.labels(
-                tier=state.pool.workers[task.worker_id or ""].tier
-            ).inc()
-        await gather_confirms(
-            state.publisher.event(
+            worker = self.state.pool.workers.get(task.worker_id or "")
+            metrics.assignments.labels(tier=worker.tier if worker else "unknown").inc()
+            self.state.publisher.event_soon(
                 "task.assigned",
-                {"task_id": t.id, "worker_id": t.worker_id, "attempt": t.attempt},
+                {"task_id": task.id, "worker_id": task.worker_id, "attempt": task.attempt},
             )
-            for t in plan.assigned
-        )
 
-    async def _plan(self, messages: list[AbstractIncomingMessage]) -> IntakePlan:
+    async def plan(
+        self, session: AsyncSession, messages: list[AbstractIncomingMessage]
+    ) -> IntakePlan:
+        """Store new tasks and assign every assignable one, picking workers by least load."""
         state, plan = self.state, IntakePlan()
         parsed: list[tuple[AbstractIncomingMessage, TaskSubmit, str]] = []
         for message in messages:
@@ -148,63 +140,60 @@ class IntakeLoop:
                 continue
             parsed.append((message, submit, self._task_id(message, submit)))
         now, tick = utcnow(), time.monotonic()
-        async with state.sessions() as session, session.begin():
-            known = await assignments.tasks_for_intake(
-                session,
-                {task_id for _, _, task_id in parsed},
-                {s.idempotency_key for _, s, _ in parsed if s.idempotency_key},
-            )
-            by_id = {t.id: t for t in known}
-            by_key = {t.idempotency_key: t for t in known if t.idempotency_key}
-            for message, submit, task_id in parsed:
-                task = by_id.get(task_id)
-                if task is None and submit.idempotency_key in by_key:
-                    plan.ack.append(message)  # the same submission again: one task only
+        new_rows: list[TaskRow] = []
+        changed: list[TaskRow] = []
+        known = await task_rows.rows_for(
+            session,
+            {task_id for _, _, task_id in parsed},
+            {s.idempotency_key for _, s, _ in parsed if s.idempotency_key},
+        )
+        by_id = {t.id: t for t in known}
+        by_key = {t.idempotency_key: t for t in known if t.idempotency_key}
+        for message, submit, task_id in parsed:
+            task = by_id.get(task_id)
+            if task is None and submit.idempotency_key in by_key:
+                continue  # the same submission again: one task only
+            fresh = task is None
+            if task is None:
+                submitter = await self._submitter(message, session)
+                if submitter is None:
+                    plan.dead.append((message, UNAUTHORIZED))
                     continue
-                if task is None:
-                    submitter = await self._submitter(message, session)
-                    if submitter is None:
-                        plan.dead.append(
-                            (
-                                message,
-                                "unauthorized: a producer or admin token "
-                                f"is required in the {TOKEN_HEADER} header",
-                            )
-                        )
-                        continue
-                    task = Task(
-                        id=task_id,
-                        kind=submit.kind,
-                        payload=submit.payload,
-                        priority=submit.priority,
-                        status=TaskStatus.QUEUED.value,
-                        idempotency_key=submit.idempotency_key,
-                        attempt=1,
-                        max_attempts=state.settings.dispatch.max_attempts,
-                        submitted_by=submitter,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    session.add(task)
-                    by_id[task_id] = task
-                    if submit.idempotency_key:
-                        by_key[submit.idempotency_key] = task
-                status = TaskStatus(task.status)
-                if status in ASSIGNABLE:
-                    worker_id = state.pool.pick(avoid=task.rejected_by)
-                    if worker_id is None:
-                        plan.requeue.append(message)  # room vanished (a worker left)
-                        if task in session.new:
-                            session.expunge(task)
-                            by_id.pop(task_id)
-                        continue
-                    assignments.mark_assigned(task, worker_id, now)
-                    state.pool.assign(task.id, worker_id, tick)
-                    plan.assigned.append(task)
-                elif status is TaskStatus.ASSIGNED and message.redelivered:
-                    # We may have died between the commit and the publish: send it again.
-                    plan.assigned.append(task)
-                plan.ack.append(message)
+                task = TaskRow(
+                    id=task_id,
+                    kind=submit.kind,
+                    payload=submit.payload,
+                    priority=submit.priority,
+                    status=TaskStatus.QUEUED.value,
+                    idempotency_key=submit.idempotency_key,
+                    worker_id=None,
+                    attempt=1,
+                    max_attempts=state.settings.dispatch.max_attempts,
+                    rejected_by=None,
+                    error=None,
+                    assigned_at=None,
+                    finished_at=None,
+                    version=1,
+                    submitted_by=submitter,
+                )
+            status = TaskStatus(task.status)
+            if status in ASSIGNABLE:
+                worker_id = state.pool.pick(avoid=task.rejected_by)
+                if worker_id is None:
+                    plan.requeue.append(message)  # room vanished (a worker left)
+                    continue
+                assignments.mark_assigned(task, worker_id, now)
+                state.pool.assign(task.id, worker_id, tick)
+                plan.assigned.append(task)
+                (new_rows if fresh else changed).append(task)
+                by_id[task.id] = task
+                if task.idempotency_key:
+                    by_key[task.idempotency_key] = task
+            elif status is TaskStatus.ASSIGNED and message.redelivered:
+                # We may have died between the commit and the publish: send it again.
+                plan.assigned.append(task)
+        await task_rows.insert_rows(session, new_rows, now)
+        await task_rows.update_rows(session, changed, now)
         return plan
 
     @staticmethod

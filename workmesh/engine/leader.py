@@ -25,7 +25,8 @@ from rabbitmq.topology import (
     declare_topology,
 )
 from workmesh.dispatch.pool import WorkerPool
-from workmesh.engine.intake import IntakeLoop
+from workmesh.engine.cycle import LeaderCycle
+from workmesh.engine.intake import Intake
 from workmesh.engine.publisher import MeshPublisher
 from workmesh.engine.reports import ReportApplier
 from workmesh.engine.review import PoolReview
@@ -89,7 +90,10 @@ class Dispatcher:
         self.metrics.leader.set(1)
         self.leading.set()
 
-        publisher = MeshPublisher(await connection.channel(publisher_confirms=True))
+        publisher = MeshPublisher(
+            await connection.channel(publisher_confirms=True),
+            await connection.channel(publisher_confirms=False),
+        )
         state = LeaderState(
             settings=self.settings,
             sessions=self.sessions,
@@ -106,7 +110,7 @@ class Dispatcher:
         intake_channel = await connection.channel()
         # Applies to the doorbell consumer only; basic.get is not limited by prefetch.
         await intake_channel.set_qos(prefetch_count=1)
-        intake = IntakeLoop(state, await intake_channel.get_queue(INTAKE_QUEUE, ensure=False))
+        intake = Intake(state, await intake_channel.get_queue(INTAKE_QUEUE, ensure=False))
 
         reports_channel = await connection.channel()
         await reports_channel.set_qos(prefetch_count=REPORTS_PREFETCH)
@@ -122,8 +126,7 @@ class Dispatcher:
 
         connection.close_callbacks.add(on_close)
         loops = [
-            asyncio.create_task(intake.run(), name="intake"),
-            asyncio.create_task(reports.run(), name="reports"),
+            asyncio.create_task(LeaderCycle(state, intake, reports).run(), name="cycle"),
             asyncio.create_task(review.run(), name="review"),
         ]
         try:

@@ -39,10 +39,17 @@ def json_message(
 
 
 class MeshPublisher:
-    """Publishes with confirms; callers gather the returned awaitables to pipeline them."""
+    """Publishes with confirms; callers gather the returned awaitables to pipeline them.
 
-    def __init__(self, channel: AbstractChannel) -> None:
+    The mesh's own events go on a second channel without confirms: they tell other services
+    what happened, while the database stays the record, so they are sent at most once and
+    never hold up a dispatch.
+    """
+
+    def __init__(self, channel: AbstractChannel, events_channel: AbstractChannel) -> None:
         self.channel = channel
+        self.events_channel = events_channel
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
         return await self.channel.get_exchange(name, ensure=False)
@@ -73,10 +80,24 @@ class MeshPublisher:
         )
 
     async def event(self, routing_key: str, body: dict[str, Any]) -> None:
-        exchange = await self._exchange(EVENTS_EXCHANGE)
+        exchange = await self.events_channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
         await exchange.publish(
-            json_message(body, headers={ORIGIN_HEADER: "mesh"}), routing_key=routing_key
+            json_message(body, headers={ORIGIN_HEADER: "mesh"}),
+            routing_key=routing_key,
+            # Nobody may be listening; a returned message would only cost a frame each.
+            mandatory=False,
         )
+
+    def event_soon(self, routing_key: str, body: dict[str, Any]) -> None:
+        """Send an event without waiting for it; a failure is logged, not raised."""
+        task = asyncio.create_task(self.event(routing_key, body))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("mesh event not sent: %r", task.exception())
 
     async def dead_letter(
         self,

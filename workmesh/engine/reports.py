@@ -16,8 +16,9 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from models import Task
+from models.base import utcnow
 from rabbitmq.topology import REPORTS_QUEUE, TOKEN_HEADER, retry_queue
 from schemas.tasks import TaskReport
 from workmesh.dispatch.lifecycle import (
@@ -33,10 +34,14 @@ from workmesh.engine.intake import validation_summary
 from workmesh.engine.publisher import gather_confirms
 from workmesh.engine.state import LeaderState
 from workmesh.security import hash_token, same_hash
-from workmesh.services import assignments
+from workmesh.services import assignments, task_rows
 from workmesh.services.assignments import apply_transition
+from workmesh.services.task_rows import TaskRow
 
 log = logging.getLogger(__name__)
+
+
+_FINAL = frozenset({"done", "failed", "rejected", "cancelled"})
 
 
 class Refused(Exception):
@@ -46,51 +51,67 @@ class Refused(Exception):
 @dataclass
 class ReportPlan:
     dead: list[tuple[AbstractIncomingMessage, str]] = field(default_factory=list)
-    follow_ups: list[tuple[Task, FollowUp]] = field(default_factory=list)
+    follow_ups: list[tuple[TaskRow, FollowUp]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
 
 
 class ReportApplier:
+    """The reports' side of a leader cycle: collect, plan (inside the cycle's transaction),
+    release the workers' room, publish follow-ups, settle the messages."""
+
     def __init__(self, state: LeaderState) -> None:
         self.state = state
         self._inbox: list[AbstractIncomingMessage] = []
-        self._arrived = asyncio.Event()
+        self.arrived = asyncio.Event()
 
     async def receive(self, message: AbstractIncomingMessage) -> None:
         """The consumer callback: collect, so that one commit serves many reports."""
         self._inbox.append(message)
-        self._arrived.set()
+        self.arrived.set()
 
-    async def run(self) -> None:
-        while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            batch, self._inbox = self._inbox, []
-            if batch:
-                await self.state.finish_even_if_stopped(self.apply(batch))
+    def drain(self) -> list[AbstractIncomingMessage]:
+        self.arrived.clear()
+        batch, self._inbox = self._inbox, []
+        return batch
 
-    async def apply(self, messages: list[AbstractIncomingMessage]) -> None:
+    def expected_room(self, messages: list[AbstractIncomingMessage]) -> int:
+        """How many slots these reports will likely free: the final reports from the worker
+        a task is on. Only a guess, to know how many intake messages to take alongside."""
+        freeing = 0
+        for message in messages:
+            if (message.routing_key or "").removeprefix("task.") in _FINAL:
+                try:
+                    body = json.loads(message.body)
+                    on = self.state.pool.task_worker.get(body["task_id"])
+                    freeing += on is not None and on == body.get("worker_id")
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return freeing
+
+    def release(self, plan: ReportPlan) -> None:
+        tick = time.monotonic()
+        for task_id in plan.touched:
+            self.state.pool.release(task_id, tick)
+
+    async def publish(self, plan: ReportPlan) -> None:
         state = self.state
-        async with state.lock:
-            try:
-                plan = await self._plan(messages)
-            except Exception:
-                await state.reload()
-                raise
-            tick = time.monotonic()
-            for task_id in plan.touched:
-                state.pool.release(task_id, tick)
-            state.room.set()
         await gather_confirms(
             self._follow_up(task, follow_up) for task, follow_up in plan.follow_ups
         )
         for message, reason in plan.dead:
             await state.publisher.dead_letter_message(message, reason, REPORTS_QUEUE)
             state.metrics.dead_letters.labels(source=REPORTS_QUEUE).inc()
-        for message in messages:
-            await message.ack()
 
-    async def _plan(self, messages: list[AbstractIncomingMessage]) -> ReportPlan:
+    @staticmethod
+    async def settle(messages: list[AbstractIncomingMessage]) -> None:
+        # One ack settles the whole batch: reports are collected in delivery order and a
+        # cycle is finished before the next one drains the inbox.
+        if messages:
+            await max(messages, key=lambda m: m.delivery_tag or 0).ack(multiple=True)
+
+    async def plan(
+        self, session: AsyncSession, messages: list[AbstractIncomingMessage]
+    ) -> ReportPlan:
         plan = ReportPlan()
         parsed: list[tuple[AbstractIncomingMessage, str, dict[str, Any]]] = []
         for message in messages:
@@ -100,26 +121,30 @@ class ReportApplier:
                 plan.dead.append((message, f"invalid report: {validation_summary(error)}"))
                 continue
             parsed.append((message, message.routing_key or "", report.model_dump()))
-        async with self.state.sessions() as session, session.begin():
-            tasks = await assignments.tasks_by_id(session, {b["task_id"] for _, _, b in parsed})
-            for message, routing_key, body in parsed:
-                task = tasks.get(body["task_id"])
-                kind = routing_key.removeprefix("task.")
-                try:
-                    if task is None:
-                        raise Refused(f"unknown task {body['task_id']!r}")
-                    if kind == "cancelled":  # the API cancelled it; nothing to apply here
-                        outcome = "released"
-                    else:
-                        self._check_token(message, body["worker_id"])
-                        outcome = self._apply_one(task, Report(kind), body, plan)
-                except (Refused, LifecycleError, ValueError) as error:
-                    plan.dead.append((message, str(error)))
-                    self.state.metrics.reports.labels(kind=kind, outcome="refused").inc()
-                    continue
-                self.state.metrics.reports.labels(kind=kind, outcome=outcome).inc()
-                if TaskStatus(task.status) not in ON_WORKER:
-                    plan.touched.add(task.id)
+        rows = await task_rows.rows_for(session, {b["task_id"] for _, _, b in parsed})
+        tasks = {row.id: row for row in rows}
+        changed: dict[str, TaskRow] = {}
+        for message, routing_key, body in parsed:
+            task = tasks.get(body["task_id"])
+            kind = routing_key.removeprefix("task.")
+            try:
+                if task is None:
+                    raise Refused(f"unknown task {body['task_id']!r}")
+                if kind == "cancelled":  # the API cancelled it; nothing to apply here
+                    outcome = "released"
+                else:
+                    self._check_token(message, body["worker_id"])
+                    outcome = self._apply_one(task, Report(kind), body, plan)
+                    if outcome == "applied":
+                        changed[task.id] = task
+            except (Refused, LifecycleError, ValueError) as error:
+                plan.dead.append((message, str(error)))
+                self.state.metrics.reports.labels(kind=kind, outcome="refused").inc()
+                continue
+            self.state.metrics.reports.labels(kind=kind, outcome=outcome).inc()
+            if TaskStatus(task.status) not in ON_WORKER:
+                plan.touched.add(task.id)
+        await task_rows.update_rows(session, list(changed.values()), utcnow())
         return plan
 
     def _check_token(self, message: AbstractIncomingMessage, worker_id: str) -> None:
@@ -134,7 +159,9 @@ class ReportApplier:
                 f"unauthorized: the {TOKEN_HEADER} header must hold worker {worker_id!r}'s token"
             )
 
-    def _apply_one(self, task: Task, report: Report, body: dict[str, Any], plan: ReportPlan) -> str:
+    def _apply_one(
+        self, task: TaskRow, report: Report, body: dict[str, Any], plan: ReportPlan
+    ) -> str:
         worker_id = body["worker_id"]
         status = TaskStatus(task.status)
         repeated = repeated_outcome(status, report, worker_id, task.worker_id, task.rejected_by)
@@ -150,7 +177,7 @@ class ReportApplier:
             plan.follow_ups.append((task, transition.follow_up))
         return "applied"
 
-    async def _follow_up(self, task: Task, follow_up: FollowUp) -> None:
+    async def _follow_up(self, task: TaskRow, follow_up: FollowUp) -> None:
         publisher = self.state.publisher
         body = assignments.intake_body(task)
         if follow_up is FollowUp.REQUEUE:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import ApiToken, Task, Worker
@@ -16,32 +16,28 @@ from workmesh.dispatch.lifecycle import ASSIGNABLE, ON_WORKER, Report, TaskStatu
 from workmesh.dispatch.pool import WorkerRecord
 
 
-async def tasks_for_intake(
-    session: AsyncSession, ids: Collection[str], keys: Collection[str]
-) -> list[Task]:
-    """The tasks an intake batch names, by id or by idempotency key."""
-    if not ids and not keys:
-        return []
-    clauses = []
-    if ids:
-        clauses.append(Task.id.in_(ids))
-    if keys:
-        clauses.append(Task.idempotency_key.in_(keys))
-    return list((await session.scalars(select(Task).where(or_(*clauses)))).all())
+class TaskState(Protocol):
+    """A task's lifecycle fields, as an ORM ``Task`` or a hot-path ``TaskRow`` holds them."""
+
+    id: str
+    kind: str
+    payload: dict[str, Any]
+    priority: int
+    status: str
+    worker_id: str | None
+    attempt: int
+    max_attempts: int
+    rejected_by: str | None
+    result: Any
+    error: str | None
+    assigned_at: datetime | None
+    finished_at: datetime | None
 
 
-async def tasks_by_id(session: AsyncSession, ids: Collection[str]) -> dict[str, Task]:
-    if not ids:
-        return {}
-    rows = await session.scalars(select(Task).where(Task.id.in_(ids)))
-    return {row.id: row for row in rows}
-
-
-def mark_assigned(task: Task, worker_id: str, now: datetime) -> None:
+def mark_assigned(task: TaskState, worker_id: str, now: datetime) -> None:
     task.status = TaskStatus.ASSIGNED.value
     task.worker_id = worker_id
     task.assigned_at = now
-    task.updated_at = now
 
 
 async def worker_records(session: AsyncSession) -> list[WorkerRecord]:
@@ -115,12 +111,12 @@ async def count_by_status(session: AsyncSession) -> dict[str, int]:
     return counts
 
 
-def intake_body(task: Task) -> dict[str, object]:
+def intake_body(task: TaskState) -> dict[str, object]:
     """The message that puts an existing task back into the queue."""
     return {"id": task.id, "kind": task.kind, "payload": task.payload, "priority": task.priority}
 
 
-def assignment_body(task: Task) -> dict[str, object]:
+def assignment_body(task: TaskState) -> dict[str, object]:
     return {
         "task_id": task.id,
         "kind": task.kind,
@@ -135,7 +131,7 @@ def ids_of(tasks: Sequence[Task]) -> list[str]:
 
 
 def apply_transition(
-    task: Task,
+    task: TaskState,
     transition: Transition,
     report: Report,
     worker_id: str,
@@ -146,7 +142,6 @@ def apply_transition(
     now = utcnow()
     task.status = transition.status.value
     task.attempt = transition.attempt
-    task.updated_at = now
     if report is Report.DONE:
         task.result = result
         task.finished_at = now

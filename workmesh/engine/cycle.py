@@ -1,0 +1,123 @@
+"""The leader's cycle: the workers' reports and the intake queue, in one transaction.
+
+Each turn takes every report that has arrived, works out how much room they free, pulls that
+many tasks off the intake queue (one basic.get each, so the rest wait in RabbitMQ in priority
+order), then in one database transaction applies the reports and assigns the tasks. Only
+after the commit are the assignments and follow-ups published (with confirms) and the
+messages acknowledged. Under load a turn gathers more, so the cost of a commit and of a round
+of confirms is shared by more tasks; when idle it waits for a report, for room, or for the
+doorbell (a prefetch-1 consumer on the intake queue) instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from workmesh.engine.intake import Intake, IntakePlan
+from workmesh.engine.reports import ReportApplier, ReportPlan
+from workmesh.engine.state import LeaderState, with_fresh_state
+
+log = logging.getLogger(__name__)
+
+# Turns committed but not yet acknowledged; past this the cycle waits for the oldest.
+MAX_UNSETTLED_TURNS = 16
+
+
+class LeaderCycle:
+    def __init__(self, state: LeaderState, intake: Intake, reports: ReportApplier) -> None:
+        self.state = state
+        self.intake = intake
+        self.reports = reports
+        self._finishing: asyncio.Task[None] | None = None
+        self._unsettled = 0
+        self._woken_by_doorbell = False
+        self._stopping_doorbell: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        state = self.state
+        while True:
+            reports = self.reports.drain()
+            room = state.pool.free_capacity() + self.reports.expected_room(reports)
+            want = min(room, state.settings.dispatch.batch_size)
+            tasks = await self.intake.take(want, rung_only=self._woken_by_doorbell)
+            self._woken_by_doorbell = False
+            if not reports and not tasks:
+                await self._wait(room > 0)
+                continue
+            started = time.perf_counter()
+            plans = await state.finish_even_if_stopped(self._commit(reports, tasks))
+            # A publisher confirm for a persistent message waits for RabbitMQ's disk, which
+            # takes longer than a whole turn here; so the next turns go on while this one's
+            # confirms come in, and turns settle (acknowledge) strictly in order.
+            previous = self._finishing
+            self._finishing = state.track(self._finish(reports, tasks, *plans, previous, started))
+            self._unsettled += 1
+            if self._unsettled >= MAX_UNSETTLED_TURNS:
+                await asyncio.shield(self._finishing)
+
+    async def _commit(
+        self, reports: list[AbstractIncomingMessage], tasks: list[AbstractIncomingMessage]
+    ) -> tuple[ReportPlan, IntakePlan]:
+        state = self.state
+
+        async def plan() -> tuple[ReportPlan, IntakePlan]:
+            async with state.sessions() as session, session.begin():
+                report_plan = await self.reports.plan(session, reports)
+                self.reports.release(report_plan)
+                intake_plan = await self.intake.plan(session, tasks)
+            return report_plan, intake_plan
+
+        async with state.lock:
+            plans = await with_fresh_state(state, plan)
+            state.room.set()
+        return plans
+
+    async def _finish(
+        self,
+        reports: list[AbstractIncomingMessage],
+        tasks: list[AbstractIncomingMessage],
+        report_plan: ReportPlan,
+        intake_plan: IntakePlan,
+        previous: asyncio.Task[None] | None,
+        started: float,
+    ) -> None:
+        """After the commit: publish, then settle, in the order the turns were taken."""
+        await asyncio.gather(self.reports.publish(report_plan), self.intake.publish(intake_plan))
+        if previous is not None:
+            await previous  # a multiple-ack must not overtake an earlier turn's publishes
+        await self.reports.settle(reports)
+        await self.intake.settle(tasks, intake_plan)
+        self._unsettled -= 1
+        elapsed = time.perf_counter() - started
+        for _ in intake_plan.assigned:
+            self.state.metrics.dispatch_latency.observe(elapsed)
+
+    async def _wait(self, has_room: bool) -> None:
+        """Until a report arrives, the pool changes, or (with room) a task arrives."""
+        state = self.state
+        state.room.clear()
+        if not has_room and state.pool.free_capacity() > 0:
+            return  # room appeared (the review engaged a reserve) since the turn looked
+        waits = [
+            asyncio.ensure_future(self.reports.arrived.wait()),
+            asyncio.ensure_future(state.room.wait()),
+        ]
+        if self._stopping_doorbell is not None:
+            await self._stopping_doorbell
+        tag = await self.intake.listen() if has_room else None
+        if tag is not None:
+            waits.append(asyncio.ensure_future(self.intake.doorbell.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            if tag is not None:
+                # The consumer is cancelled while the turn goes on; a message it still
+                # delivers before the cancel lands is kept for the next turn.
+                self._woken_by_doorbell = self.intake.doorbell.is_set()
+                self._stopping_doorbell = asyncio.ensure_future(self.intake.stop_listening(tag))
