@@ -29,8 +29,8 @@ LEADER_LOCK_QUEUE = "workmesh.dispatcher.leader"
 WORKER_QUEUE_PREFIX = "workmesh.worker."
 RETRY_QUEUE_PREFIX = "workmesh.tasks.retry."
 
-# Priorities 0..9 are the contract; 10 levels is also where RabbitMQ's per-priority cost stays
-# small (its docs advise staying well under 255).
+# Priorities 0..9 are the contract; ten levels also keep RabbitMQ's per-priority cost small
+# (its docs advise staying well under 255).
 MAX_PRIORITY = 9
 
 # Routing keys on workmesh.events.
@@ -46,7 +46,9 @@ REASON_HEADER = "x-workmesh-reason"
 ORIGIN_HEADER = "x-workmesh-origin"
 
 _DEAD_LETTER = {"x-dead-letter-exchange": DEAD_EXCHANGE}
-_PRIORITY = {"x-max-priority": MAX_PRIORITY + 1}
+# Exactly the contract's levels 0..9: RabbitMQ treats a higher message priority as the maximum,
+# so a producer that sets 12 cannot jump ahead of 9.
+_PRIORITY = {"x-max-priority": MAX_PRIORITY}
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from workmesh.dispatch.lifecycle import TaskStatus
 
 
 class _Strict(BaseModel):
@@ -55,7 +53,7 @@ class TaskReport(_Strict):
 class StatusChange(_Strict):
     """Body of ``POST /api/v1/worker/tasks/{id}/status``."""
 
-    status: TaskStatus
+    status: Literal["in_progress", "done", "failed", "rejected"]
     result: Any | None = None
     error: str | None = Field(default=None, max_length=10_000)
 

@@ -197,3 +197,42 @@ async def test_a_worker_over_http_only(harness: Harness) -> None:
     # And its room is free again for the next task
     status, nxt = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
     await eventually(lambda: _is(harness, nxt["id"], "assigned"), message="next assigned")
+
+
+async def test_http_worker_fails_and_rejects_and_load_is_reconciled(harness: Harness) -> None:
+    await harness.start(max_attempts=2, retry_delays=[0.2], reconcile_interval=0.3)
+    token = await harness.add_worker("hw", capacity=1)
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+    await harness.wait_online("hw")
+    _, task = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
+    path = f"/api/v1/worker/tasks/{task['id']}/status"
+    await eventually(lambda: _is(harness, task["id"], "assigned"), message="assigned")
+    # A failure over HTTP is retried after the backoff (attempt 2), back to the only worker
+    status, body = await harness.api(
+        "POST", path, token=token, json={"status": "failed", "error": "disk full"}
+    )
+    assert (status, body["status"], body["attempt"]) == (200, "retrying", 2)
+
+    async def reassigned() -> bool:
+        _, t = await harness.api("GET", f"/api/v1/tasks/{task['id']}")
+        return bool(t["status"] == "assigned" and t["attempt"] == 2)
+
+    await eventually(reassigned, message="retried")
+    # A rejection over HTTP puts it back in the queue (and, with no one else, back to hw)
+    status, body = await harness.api("POST", path, token=token, json={"status": "rejected"})
+    assert (status, body["status"]) == (200, "queued")
+    await eventually(lambda: _is(harness, task["id"], "assigned"), message="assigned again")
+    # A status a worker may not set is refused with the allowed ones named
+    status, body = await harness.api("POST", path, token=token, json={"status": "queued"})
+    assert status == 422
+    # The database says the task is done behind the leader's back (an announcement lost):
+    # the periodic reconciliation frees the slot, so the next task is assigned
+    mesh = harness.meshes[0]
+    async with mesh.sessions() as session, session.begin():
+        from models import Task
+
+        row = await session.get(Task, task["id"])
+        assert row is not None
+        row.status = "done"
+    _, nxt = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
+    await eventually(lambda: _is(harness, nxt["id"], "assigned"), message="slot reconciled")

@@ -8,6 +8,7 @@ from collections import Counter
 
 from tests.bots import Producer
 from tests.conftest import Harness, eventually
+from workmesh.engine.leader import cancel_and_wait
 from workmesh.runtime import Role
 
 
@@ -81,3 +82,27 @@ async def test_the_dispatcher_comes_back_after_losing_rabbitmq(harness: Harness)
     status, body = await harness.api("POST", "/api/v1/tasks", json={"kind": "after"})
     assert status in (201, 202)
     await eventually(lambda: body["id"] in bot.task_ids(), timeout=15, message="delivered")
+
+
+async def test_a_new_leader_returns_the_tasks_of_a_worker_that_died_before_it_took_over(
+    harness: Harness,
+) -> None:
+    # Given a leader that saw a worker online and gave it a task
+    first = await harness.start(heartbeat_timeout=1.0)
+    bot = await harness.bot("doomed", capacity=1, mode="silent")
+    await harness.wait_online("doomed")
+    status, task = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
+    assert status == 201
+    await eventually(lambda: len(bot.received) == 1, message="delivered")
+    # When the worker dies and the leader goes away before noticing
+    bot.beating = False
+    assert first.dispatcher_task is not None
+    await cancel_and_wait(first.dispatcher_task)
+    await asyncio.sleep(1.2)
+    # Then the next leader, which never saw it alive, still finds it gone and hands the task on
+    second = await harness.start(Role.DISPATCHER, heartbeat_timeout=1.0)
+    assert second.dispatcher is not None
+    rescuer = await harness.bot("rescuer", capacity=1, mode="done")
+    await eventually(
+        lambda: rescuer.task_ids() == [task["id"]], timeout=15, message="task handed to the rescuer"
+    )

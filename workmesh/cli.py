@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from workmesh.settings import Settings
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         settings = Settings.from_env()
-    except ValidationError as error:
+    except (ValidationError, SettingsError) as error:
         print(f"workmesh: bad settings: {error}", file=sys.stderr)
         return 2
     try:

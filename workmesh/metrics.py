@@ -80,3 +80,15 @@ class Metrics:
             ["route", "status"],
             registry=r,
         )
+
+    def forget_leader_view(self) -> None:
+        """A process that stops leading must not keep exporting what it saw as leader."""
+        self.leader.set(0)
+        for gauge in (
+            self.tasks,
+            self.worker_load,
+            self.worker_capacity,
+            self.worker_online,
+            self.queue_depth,
+        ):
+            gauge.clear()

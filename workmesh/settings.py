@@ -66,6 +66,8 @@ class DispatchSettings(BaseSettings):
     scaling_window: PositiveFloat = 30.0
     # Most intake messages taken in one grouped commit.
     batch_size: int = Field(default=128, ge=1, le=1000)
+    # How often the leader checks its count of each worker's load against the database.
+    reconcile_interval: PositiveFloat = 10.0
     # Queued tasks older than this with no message left in RabbitMQ are published again.
     orphan_after: PositiveFloat = 60.0
 

@@ -71,7 +71,7 @@ def principal(request: web.Request, *roles: Role) -> Principal:
         raise ApiError(401, "a valid token is required: 'Authorization: Bearer <token>'")
     if roles and who.role not in roles:
         allowed = " or ".join(r.value for r in roles)
-        raise ApiError(403, f"this needs a {allowed} token; yours is a {who.role.value} token")
+        raise ApiError(403, f"this needs a token of role {allowed}; yours is {who.role.value}")
     return who
 
 
@@ -100,5 +100,8 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         response = json_response({"error": error.reason, **error.extra}, status=error.status)
     except web.HTTPException as error:
         response = json_response({"error": error.reason}, status=error.status)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        response = json_response({"error": "internal error; the server log has the details"}, 500)
     metrics.http_requests.labels(route=route, status=str(response.status)).inc()
     return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiohttp import web
@@ -25,6 +26,8 @@ from workmesh.services import tasks
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
+
+RACED = "the task changed at the same moment; read it and try again"
 
 SUBMITTERS = (Role.ADMIN, Role.PRODUCER)
 
@@ -93,8 +96,15 @@ async def cancel_task(request: web.Request) -> web.Response:
             raise ApiError(404, str(error)) from None
         except LifecycleError as error:
             raise ApiError(409, str(error)) from None
+        except StaleDataError:
+            raise ApiError(
+                409, "the task changed at the same moment; read it and try again"
+            ) from None
     if on_worker is not None:
-        await request.app[BUS].cancelled(task.id, on_worker)
+        # Committed already; if this publish fails the leader's reconciliation frees the
+        # worker's slot and the worker finds out when its report is refused.
+        with contextlib.suppress(Exception):
+            await request.app[BUS].cancelled(task.id, on_worker)
     return json_response(view(task))
 
 
@@ -119,9 +129,14 @@ async def change_status(request: web.Request) -> web.Response:
     except LifecycleError as error:
         raise ApiError(409, str(error)) from None
     except StaleDataError:
-        raise ApiError(409, "the task changed at the same moment; read it and try again") from None
+        raise ApiError(409, RACED) from None
     # The dispatcher hears of it the same way as of an AMQP report, and does the follow-up.
-    await request.app[BUS].report(task, report, who.name, request[TOKEN], body)
+    # The change is committed either way; if this publish is lost, the leader's periodic
+    # reconciliation frees the worker's slot (a retry or requeue then waits for the sweep).
+    try:
+        await request.app[BUS].report(task, report, who.name, request[TOKEN], body)
+    except Exception:
+        log.exception("status of task %s changed but not announced", task.id)
     return json_response(view(task))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from schemas.workers import WorkerCreate
@@ -10,6 +12,7 @@ from workmesh.api.common import SESSIONS, ApiError, json_response, principal, re
 from workmesh.security import Role
 from workmesh.services import tasks, workers
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
@@ -22,7 +25,12 @@ async def add_worker(request: web.Request) -> web.Response:
             token = await workers.create_worker(session, spec)
         except workers.WorkerExists as error:
             raise ApiError(409, str(error)) from None
-    await request.app[BUS].declare_worker_queue(spec.id)
+    try:
+        await request.app[BUS].declare_worker_queue(spec.id)
+    except Exception:
+        # The worker is stored and its token must reach the caller; the dispatcher's
+        # review declares the queue anyway.
+        log.warning("queue for worker %s not declared yet", spec.id, exc_info=True)
     return json_response(
         {
             **spec.model_dump(mode="json"),

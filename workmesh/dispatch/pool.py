@@ -45,6 +45,10 @@ class WorkerRecord:
     capacity: int
     token_hash: str
     last_heartbeat_at: datetime | None
+    # As the last leader recorded them, so a new leader sees the change when a worker it
+    # never saw alive has gone silent, and keeps the reserves that were engaged.
+    online: bool = False
+    engaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,23 @@ class WorkerPool:
 
     # -- membership -----------------------------------------------------------------------
 
+    def adopt(self, records: Iterable[WorkerRecord], now: float) -> None:
+        """Take the workers as the database last recorded them, judging nothing yet: the
+        next ``sync`` compares their heartbeats with that record and reports what changed."""
+        self.workers = {
+            r.worker_id: PoolWorker(
+                r.worker_id,
+                r.tier,
+                r.capacity,
+                online=r.online,
+                engaged=r.engaged and r.tier is Tier.RESERVE,
+                token_hash=r.token_hash,
+                idle_since=now,
+            )
+            for r in records
+        }
+        self.task_worker.clear()
+
     def sync(
         self, records: Iterable[WorkerRecord], wall_now: datetime, now: float
     ) -> list[PoolChange]:
@@ -77,7 +98,14 @@ class WorkerPool:
             seen.add(record.worker_id)
             worker = self.workers.get(record.worker_id)
             if worker is None:
-                worker = PoolWorker(record.worker_id, record.tier, record.capacity, idle_since=now)
+                worker = PoolWorker(
+                    record.worker_id,
+                    record.tier,
+                    record.capacity,
+                    online=record.online,
+                    engaged=record.engaged and record.tier is Tier.RESERVE,
+                    idle_since=now,
+                )
                 self.workers[record.worker_id] = worker
             worker.tier, worker.capacity = record.tier, record.capacity
             worker.token_hash = record.token_hash

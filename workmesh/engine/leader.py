@@ -77,7 +77,7 @@ class Dispatcher:
             finally:
                 self.leading.clear()
                 self.ready.clear()
-                self.metrics.leader.set(0)
+                self.metrics.forget_leader_view()
             _stop_if_cancelled()
             await asyncio.sleep(RECONNECT_DELAY)
 

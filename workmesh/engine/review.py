@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractChannel
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Task
 from rabbitmq.topology import INTAKE_QUEUE, declare_queue, retry_queue, worker_queue
@@ -34,6 +36,9 @@ class PoolReview:
         self.policy = scaling_policy(state)
         self.desired: int | None = None
         self.declared: set[str] = set()
+        self.reviews = 0
+        config = state.settings.dispatch
+        self.reconcile_every = max(1, round(config.reconcile_interval / config.review_interval))
 
     async def run(self) -> None:
         while True:
@@ -46,11 +51,22 @@ class PoolReview:
         waiting_retries = 0
         for delay in state.settings.dispatch.retry_delays:
             waiting_retries += await self._depth(retry_queue(delay).name)
+        async with state.sessions() as session:
+            records = await assignments.worker_records(session)
+            # Tokens made or removed since the last look take effect within a review.
+            state.producer_tokens = await assignments.producer_token_names(session)
+        # A worker's queue exists before the worker can be picked, so no assignment is
+        # ever published to a queue that is not there.
+        await self._declare_queues(r.worker_id for r in records)
+        self.reviews += 1
+        reconcile = self.reviews % self.reconcile_every == 0
         now = time.monotonic()
         async with state.lock:
             async with state.sessions() as session, session.begin():
                 records = await assignments.worker_records(session)
                 changes = state.pool.sync(records, datetime.now(UTC), now)
+                if reconcile and await self._reconcile(session, now):
+                    state.room.set()
                 returned: list[Task] = []
                 for change in changes:
                     if change.event == "offline":
@@ -84,7 +100,6 @@ class PoolReview:
         if orphans:
             log.warning("published %d orphaned tasks again", len(orphans))
         await self._announce(changes, desired)
-        await self._declare_new_worker_queues()
         self._export(backlog, counts)
 
     async def _depth(self, queue_name: str) -> int:
@@ -115,10 +130,28 @@ class PoolReview:
                 },
             )
 
-    async def _declare_new_worker_queues(self) -> None:
-        for worker_id in self.state.pool.workers.keys() - self.declared:
+    async def _declare_queues(self, worker_ids: Iterable[str]) -> None:
+        for worker_id in set(worker_ids) - self.declared:
             await declare_queue(self.channel, worker_queue(worker_id))
             self.declared.add(worker_id)
+
+    async def _reconcile(self, session: AsyncSession, now: float) -> bool:
+        """Make each worker's load match the database again.
+
+        The leader's count moves with its own assignments and the reports it hears; a change
+        the HTTP API committed but could not announce would otherwise hold a slot forever.
+        """
+        pool = self.state.pool
+        truth: dict[str, str] = dict(await assignments.tasks_on_workers(session))
+        stale = set(pool.task_worker) - set(truth)
+        for task_id in stale:
+            pool.release(task_id, now)
+        for task_id, worker_id in truth.items():
+            if pool.task_worker.get(task_id) != worker_id and worker_id in pool.workers:
+                pool.assign(task_id, worker_id, now)
+        if stale:
+            log.warning("reconciled: %d tasks had left their workers unannounced", len(stale))
+        return bool(stale)
 
     def _export(self, backlog: int, counts: dict[str, int]) -> None:
         metrics = self.state.metrics

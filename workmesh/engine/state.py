@@ -56,12 +56,7 @@ class LeaderState:
             on_workers = await assignments.tasks_on_workers(session)
             self.producer_tokens = await assignments.producer_token_names(session)
         now = time.monotonic()
-        from datetime import UTC, datetime
-
-        self.pool.task_worker.clear()
-        for worker in self.pool.workers.values():
-            worker.tasks.clear()
-        self.pool.sync(records, datetime.now(UTC), now)
+        self.pool.adopt(records, now)
         for task_id, worker_id in on_workers:
             if worker_id in self.pool.workers:
                 self.pool.assign(task_id, worker_id, now)

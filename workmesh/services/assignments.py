@@ -43,7 +43,9 @@ def mark_assigned(task: TaskState, worker_id: str, now: datetime) -> None:
 async def worker_records(session: AsyncSession) -> list[WorkerRecord]:
     rows = await session.scalars(select(Worker))
     return [
-        WorkerRecord(w.id, Tier(w.tier), w.capacity, w.token_hash, w.last_heartbeat_at)
+        WorkerRecord(
+            w.id, Tier(w.tier), w.capacity, w.token_hash, w.last_heartbeat_at, w.online, w.engaged
+        )
         for w in rows
     ]
 
