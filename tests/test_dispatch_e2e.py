@@ -26,8 +26,12 @@ async def test_even_spread_over_active_workers(harness: Harness) -> None:
     # Then each worker holds three: least load never lets one get ahead by more than one
     await eventually(lambda: sum(b.load for b in bots) == 9, message="nine tasks held")
     assert [b.load for b in bots] == [3, 3, 3]
-    for task_id in ids:
-        assert await task_status(harness, task_id) == "in_progress"
+
+    async def all_started() -> bool:
+        return all([await task_status(harness, t) == "in_progress" for t in ids])
+
+    # Reports are applied within a few milliseconds (they may wait for a turn to share)
+    await eventually(all_started, message="all in progress")
     # And when they finish, every task is done
     for bot in bots:
         await bot.finish_all()

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # Turns committed but not yet acknowledged; past this the cycle waits for the oldest.
 MAX_UNSETTLED_TURNS = 16
+# How long reports alone may wait for a task to share a turn with, when no one needs the room
+# they free (seconds). Status reads lag by at most this much; dispatch does not.
+REPORT_LINGER = 0.02
 
 
 class LeaderCycle:
@@ -35,6 +38,7 @@ class LeaderCycle:
         self._finishing: asyncio.Task[None] | None = None
         self._unsettled = 0
         self._woken_by_doorbell = False
+        self._deferred = False
         self._stopping_doorbell: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -48,6 +52,14 @@ class LeaderCycle:
             if not reports and not tasks:
                 await self._wait(room > 0)
                 continue
+            if not tasks and self._may_defer(reports):
+                # Reports alone, and nobody waits for the room they free: hold them a moment
+                # so they share the next task's turn (and its commit) instead of taking one.
+                self.reports.put_back(reports)
+                await self._wait(True, linger=REPORT_LINGER, on_reports=False)
+                self._deferred = True
+                continue
+            self._deferred = False
             started = time.perf_counter()
             plans = await state.finish_even_if_stopped(self._commit(reports, tasks))
             # A publisher confirm for a persistent message waits for RabbitMQ's disk, which
@@ -96,23 +108,32 @@ class LeaderCycle:
         for _ in intake_plan.assigned:
             self.state.metrics.dispatch_latency.observe(elapsed)
 
-    async def _wait(self, has_room: bool) -> None:
-        """Until a report arrives, the pool changes, or (with room) a task arrives."""
+    def _may_defer(self, reports: list[AbstractIncomingMessage]) -> bool:
+        return (
+            not self._deferred
+            and len(reports) < self.state.settings.dispatch.batch_size
+            and self.state.pool.free_capacity() > 0
+        )
+
+    async def _wait(
+        self, has_room: bool, linger: float | None = None, on_reports: bool = True
+    ) -> None:
+        """Until a report arrives, the pool changes, (with room) a task arrives, or the
+        linger passes."""
         state = self.state
         state.room.clear()
         if not has_room and state.pool.free_capacity() > 0:
             return  # room appeared (the review engaged a reserve) since the turn looked
-        waits = [
-            asyncio.ensure_future(self.reports.arrived.wait()),
-            asyncio.ensure_future(state.room.wait()),
-        ]
+        waits = [asyncio.ensure_future(state.room.wait())]
+        if on_reports:
+            waits.append(asyncio.ensure_future(self.reports.arrived.wait()))
         if self._stopping_doorbell is not None:
             await self._stopping_doorbell
         tag = await self.intake.listen() if has_room else None
         if tag is not None:
             waits.append(asyncio.ensure_future(self.intake.doorbell.wait()))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=linger, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiting in waits:
                 waiting.cancel()

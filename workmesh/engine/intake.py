@@ -57,9 +57,12 @@ class Intake:
     """The intake queue's side of a leader cycle: take, plan (inside the cycle's transaction),
     publish the assignments, settle the messages."""
 
-    def __init__(self, state: LeaderState, queue: AbstractQueue) -> None:
+    def __init__(self, state: LeaderState, queues: list[AbstractQueue]) -> None:
         self.state = state
-        self.queue = queue
+        # The intake queue as seen from several channels: basic.get waits for its answer
+        # one at a time on a channel, so a turn that needs many asks on all of them at once.
+        self.queues = queues
+        self.queue = queues[0]
         self._rung: list[AbstractIncomingMessage] = []
         self.doorbell = asyncio.Event()
 
@@ -75,11 +78,26 @@ class Intake:
         taken, self._rung = self._rung[:count], self._rung[count:]
         if rung_only and taken:
             return taken
-        while len(taken) < count:
-            message = await self.queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            taken.append(message)
+        wanted = count - len(taken)
+        empty = False
+
+        async def ask(queue: AbstractQueue) -> list[AbstractIncomingMessage]:
+            nonlocal wanted, empty
+            got: list[AbstractIncomingMessage] = []
+            while wanted > 0 and not empty:
+                wanted -= 1
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    empty, wanted = True, wanted + 1
+                    break
+                got.append(message)
+            return got
+
+        askers = self.queues[: max(1, min(len(self.queues), wanted))]
+        for got in await asyncio.gather(*(ask(queue) for queue in askers)):
+            taken += got
+        # Each channel hands out its share in priority order; the turn wants it overall.
+        taken.sort(key=lambda m: -(m.priority or 0))
         return taken
 
     async def listen(self) -> str:
@@ -113,9 +131,16 @@ class Intake:
         # Everything else is done with: one ack covers it (the requeued ones were settled
         # just above, and cycles never overlap on this channel).
         requeued = {id(m) for m in plan.requeue}
-        done = [m for m in messages if id(m) not in requeued]
-        if done:
-            await max(done, key=lambda m: m.delivery_tag or 0).ack(multiple=True)
+        last_on_channel: dict[int, AbstractIncomingMessage] = {}
+        for message in messages:
+            if id(message) in requeued:
+                continue
+            key = id(message.channel)
+            last = last_on_channel.get(key)
+            if last is None or (message.delivery_tag or 0) > (last.delivery_tag or 0):
+                last_on_channel[key] = message
+        for message in last_on_channel.values():
+            await message.ack(multiple=True)
         metrics = self.state.metrics
         metrics.batch_size.observe(len(messages))
         for task in plan.assigned:

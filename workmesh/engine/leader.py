@@ -40,6 +40,7 @@ REPORTS_PREFETCH = 512
 STANDBY_RETRY = 1.0
 RECONNECT_DELAY = 1.0
 GRACE_SECONDS = 10.0
+INTAKE_CHANNELS = 4
 
 
 class Dispatcher:
@@ -107,10 +108,13 @@ class Dispatcher:
         await state.reload()
         await review.review()
 
-        intake_channel = await connection.channel()
-        # Applies to the doorbell consumer only; basic.get is not limited by prefetch.
-        await intake_channel.set_qos(prefetch_count=1)
-        intake = Intake(state, await intake_channel.get_queue(INTAKE_QUEUE, ensure=False))
+        intake_queues = []
+        for _ in range(INTAKE_CHANNELS):
+            intake_channel = await connection.channel()
+            # Applies to the doorbell consumer only; basic.get is not limited by prefetch.
+            await intake_channel.set_qos(prefetch_count=1)
+            intake_queues.append(await intake_channel.get_queue(INTAKE_QUEUE, ensure=False))
+        intake = Intake(state, intake_queues)
 
         reports_channel = await connection.channel()
         await reports_channel.set_qos(prefetch_count=REPORTS_PREFETCH)

@@ -69,6 +69,10 @@ class ReportApplier:
         self._inbox.append(message)
         self.arrived.set()
 
+    def put_back(self, messages: list[AbstractIncomingMessage]) -> None:
+        """Return drained reports to the front of the inbox, in their order."""
+        self._inbox[:0] = messages
+
     def drain(self) -> list[AbstractIncomingMessage]:
         self.arrived.clear()
         batch, self._inbox = self._inbox, []
