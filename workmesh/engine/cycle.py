@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from workmesh.engine.intake import Intake, IntakePlan
 from workmesh.engine.reports import ReportApplier, ReportPlan
 from workmesh.engine.state import LeaderState, with_fresh_state
+from workmesh.services import task_rows
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,16 @@ class LeaderCycle:
     ) -> tuple[ReportPlan, IntakePlan]:
         state = self.state
 
+        task_ids, keys = self.intake.wanted_rows(tasks)
+        task_ids |= self.reports.wanted_rows(reports)
+
         async def plan() -> tuple[ReportPlan, IntakePlan]:
             async with state.sessions() as session, session.begin():
-                report_plan = await self.reports.plan(session, reports)
+                # One look-up serves the whole turn, reports and new tasks alike.
+                known = await task_rows.rows_for(session, task_ids, keys)
+                report_plan = await self.reports.plan(session, reports, known)
                 self.reports.release(report_plan)
-                intake_plan = await self.intake.plan(session, tasks)
+                intake_plan = await self.intake.plan(session, tasks, known)
             return report_plan, intake_plan
 
         async with state.lock:

@@ -151,8 +151,25 @@ class Intake:
                 {"task_id": task.id, "worker_id": task.worker_id, "attempt": task.attempt},
             )
 
+    def wanted_rows(self, messages: list[AbstractIncomingMessage]) -> tuple[set[str], set[str]]:
+        """The task ids and idempotency keys a batch names (for one shared look-up)."""
+        ids: set[str] = set()
+        keys: set[str] = set()
+        for message in messages:
+            try:
+                submit = TaskSubmit.model_validate_json(message.body)
+            except ValidationError:
+                continue
+            ids.add(self._task_id(message, submit))
+            if submit.idempotency_key:
+                keys.add(submit.idempotency_key)
+        return ids, keys
+
     async def plan(
-        self, session: AsyncSession, messages: list[AbstractIncomingMessage]
+        self,
+        session: AsyncSession,
+        messages: list[AbstractIncomingMessage],
+        known: list[TaskRow] | None = None,
     ) -> IntakePlan:
         """Store new tasks and assign every assignable one, picking workers by least load."""
         state, plan = self.state, IntakePlan()
@@ -167,11 +184,12 @@ class Intake:
         now, tick = utcnow(), time.monotonic()
         new_rows: list[TaskRow] = []
         changed: list[TaskRow] = []
-        known = await task_rows.rows_for(
-            session,
-            {task_id for _, _, task_id in parsed},
-            {s.idempotency_key for _, s, _ in parsed if s.idempotency_key},
-        )
+        if known is None:
+            known = await task_rows.rows_for(
+                session,
+                {task_id for _, _, task_id in parsed},
+                {s.idempotency_key for _, s, _ in parsed if s.idempotency_key},
+            )
         by_id = {t.id: t for t in known}
         by_key = {t.idempotency_key: t for t in known if t.idempotency_key}
         for message, submit, task_id in parsed:

@@ -113,8 +113,21 @@ class ReportApplier:
         if messages:
             await max(messages, key=lambda m: m.delivery_tag or 0).ack(multiple=True)
 
+    @staticmethod
+    def wanted_rows(messages: list[AbstractIncomingMessage]) -> set[str]:
+        ids = set()
+        for message in messages:
+            try:
+                ids.add(str(json.loads(message.body)["task_id"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return ids
+
     async def plan(
-        self, session: AsyncSession, messages: list[AbstractIncomingMessage]
+        self,
+        session: AsyncSession,
+        messages: list[AbstractIncomingMessage],
+        known: list[TaskRow] | None = None,
     ) -> ReportPlan:
         plan = ReportPlan()
         parsed: list[tuple[AbstractIncomingMessage, str, dict[str, Any]]] = []
@@ -125,8 +138,9 @@ class ReportApplier:
                 plan.dead.append((message, f"invalid report: {validation_summary(error)}"))
                 continue
             parsed.append((message, message.routing_key or "", report.model_dump()))
-        rows = await task_rows.rows_for(session, {b["task_id"] for _, _, b in parsed})
-        tasks = {row.id: row for row in rows}
+        if known is None:
+            known = await task_rows.rows_for(session, {b["task_id"] for _, _, b in parsed})
+        tasks = {row.id: row for row in known}
         changed: dict[str, TaskRow] = {}
         for message, routing_key, body in parsed:
             task = tasks.get(body["task_id"])

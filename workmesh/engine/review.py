@@ -62,45 +62,59 @@ class PoolReview:
         reconcile = self.reviews % self.reconcile_every == 0
         now = time.monotonic()
         async with state.lock:
-            async with state.sessions() as session, session.begin():
-                records = await assignments.worker_records(session)
-                changes = state.pool.sync(records, datetime.now(UTC), now)
-                if reconcile and await self._reconcile(session, now):
-                    state.room.set()
-                returned: list[Task] = []
-                for change in changes:
-                    if change.event == "offline":
-                        returned += await assignments.return_tasks_of(session, change.worker_id)
-                view = PoolView(
-                    backlog=backlog,
-                    free_capacity=state.pool.free_capacity(),
-                    engaged=sum(w.engaged for w in state.pool.reserves()),
-                    idle_engaged=len(state.pool.idle_engaged(now)),
-                    available=len(state.pool.reserves()),
-                )
-                desired = self.policy.desired(now, view)
-                changes += state.pool.engage(desired, now)
-                for worker_id in {c.worker_id for c in changes}:
-                    worker = state.pool.workers[worker_id]
-                    await assignments.set_worker_flags(
-                        session, worker_id, online=worker.online, engaged=worker.engaged
-                    )
-                orphans: list[Task] = []
-                if backlog == 0 and waiting_retries == 0:
-                    orphans = await assignments.orphaned_tasks(
-                        session, state.settings.dispatch.orphan_after
-                    )
-                counts = await assignments.count_by_status(session)
-            for task in returned:
-                state.pool.release(task.id, now)
+            # Only what must agree with the pool happens under the lock; turns wait for it.
+            changes = state.pool.sync(records, datetime.now(UTC), now)
+            view = PoolView(
+                backlog=backlog,
+                free_capacity=state.pool.free_capacity(),
+                engaged=sum(w.engaged for w in state.pool.reserves()),
+                idle_engaged=len(state.pool.idle_engaged(now)),
+                available=len(state.pool.reserves()),
+            )
+            desired = self.policy.desired(now, view)
+            changes += state.pool.engage(desired, now)
+            returned: list[Task] = []
+            if changes or reconcile:
+                try:
+                    returned = await self._record(changes, reconcile, now)
+                except Exception:
+                    await state.reload()  # the database still says what it said; look again
+                    raise
             if changes:
                 state.room.set()
+        orphans: list[Task] = []
+        async with state.sessions() as session, session.begin():
+            if backlog == 0 and waiting_retries == 0:
+                orphans = await assignments.orphaned_tasks(
+                    session, state.settings.dispatch.orphan_after
+                )
+            counts = await assignments.count_by_status(session)
         for task in returned + orphans:
             await state.publisher.intake(assignments.intake_body(task), task.priority)
         if orphans:
             log.warning("published %d orphaned tasks again", len(orphans))
         await self._announce(changes, desired)
         self._export(backlog, counts)
+
+    async def _record(self, changes: list[PoolChange], reconcile: bool, now: float) -> list[Task]:
+        """Write what the review changed: offline workers' tasks back to the queue, the
+        workers' flags, and (now and then) the reconciled loads."""
+        state = self.state
+        returned: list[Task] = []
+        async with state.sessions() as session, session.begin():
+            if reconcile and await self._reconcile(session, now):
+                state.room.set()
+            for change in changes:
+                if change.event == "offline":
+                    returned += await assignments.return_tasks_of(session, change.worker_id)
+            for worker_id in {c.worker_id for c in changes}:
+                worker = state.pool.workers[worker_id]
+                await assignments.set_worker_flags(
+                    session, worker_id, online=worker.online, engaged=worker.engaged
+                )
+        for task in returned:
+            state.pool.release(task.id, now)
+        return returned
 
     async def _depth(self, queue_name: str) -> int:
         queue = await self.channel.declare_queue(queue_name, passive=True)
