@@ -84,6 +84,7 @@ class Metrics:
     def forget_leader_view(self) -> None:
         """A process that stops leading must not keep exporting what it saw as leader."""
         self.leader.set(0)
+        self.desired_reserve.set(0)
         for gauge in (
             self.tasks,
             self.worker_load,

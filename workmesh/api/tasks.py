@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from aiohttp import web
@@ -89,22 +88,23 @@ async def list_tasks(request: web.Request) -> web.Response:
 @routes.post("/api/v1/tasks/{task_id}/cancel")
 async def cancel_task(request: web.Request) -> web.Response:
     principal(request, *SUBMITTERS)
-    async with request.app[SESSIONS]() as session, session.begin():
-        try:
+    try:
+        # The version check runs at commit, so the race is caught around the whole block.
+        async with request.app[SESSIONS]() as session, session.begin():
             task, on_worker = await tasks.cancel(session, request.match_info["task_id"])
-        except tasks.NotFound as error:
-            raise ApiError(404, str(error)) from None
-        except LifecycleError as error:
-            raise ApiError(409, str(error)) from None
-        except StaleDataError:
-            raise ApiError(
-                409, "the task changed at the same moment; read it and try again"
-            ) from None
+    except tasks.NotFound as error:
+        raise ApiError(404, str(error)) from None
+    except LifecycleError as error:
+        raise ApiError(409, str(error)) from None
+    except StaleDataError:
+        raise ApiError(409, RACED) from None
     if on_worker is not None:
         # Committed already; if this publish fails the leader's reconciliation frees the
         # worker's slot and the worker finds out when its report is refused.
-        with contextlib.suppress(Exception):
+        try:
             await request.app[BUS].cancelled(task.id, on_worker)
+        except Exception:
+            log.exception("task %s cancelled but not announced", task.id)
     return json_response(view(task))
 
 

@@ -38,6 +38,7 @@ class LeaderCycle:
         self.reports = reports
         self._finishing: asyncio.Task[None] | None = None
         self._unsettled = 0
+        self._failure: BaseException | None = None
         self._woken_by_doorbell = False
         self._deferred = False
         self._stopping_doorbell: asyncio.Task[None] | None = None
@@ -45,6 +46,8 @@ class LeaderCycle:
     async def run(self) -> None:
         state = self.state
         while True:
+            if self._failure is not None:
+                raise self._failure
             reports = self.reports.drain()
             room = state.pool.free_capacity() + self.reports.expected_room(reports)
             want = min(room, state.settings.dispatch.batch_size)
@@ -61,16 +64,41 @@ class LeaderCycle:
                 self._deferred = True
                 continue
             self._deferred = False
-            started = time.perf_counter()
-            plans = await state.finish_even_if_stopped(self._commit(reports, tasks))
             # A publisher confirm for a persistent message waits for RabbitMQ's disk, which
-            # takes longer than a whole turn here; so the next turns go on while this one's
-            # confirms come in, and turns settle (acknowledge) strictly in order.
+            # takes longer than a whole turn here; so the next turn starts once this one has
+            # committed, while its confirms come in, and turns settle (acknowledge) strictly
+            # in order. The turn is a task of its own: stopping the cycle lets it finish.
+            committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             previous = self._finishing
-            self._finishing = state.track(self._finish(reports, tasks, *plans, previous, started))
+            self._finishing = state.track(self._turn(reports, tasks, previous, committed))
+            self._finishing.add_done_callback(self._turn_ended)
             self._unsettled += 1
+            await asyncio.shield(committed)
             if self._unsettled >= MAX_UNSETTLED_TURNS:
                 await asyncio.shield(self._finishing)
+
+    async def _turn(
+        self,
+        reports: list[AbstractIncomingMessage],
+        tasks: list[AbstractIncomingMessage],
+        previous: asyncio.Task[None] | None,
+        committed: asyncio.Future[None],
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            plans = await self._commit(reports, tasks)
+        except BaseException as error:
+            committed.set_exception(error)
+            raise
+        committed.set_result(None)
+        await self._finish(reports, tasks, *plans, previous, started)
+
+    def _turn_ended(self, turn: asyncio.Task[None]) -> None:
+        """A turn that failed after its commit (a publish refused, the channel gone) ends
+        the leader's term at once, rather than when a later turn happens to look."""
+        if not turn.cancelled() and turn.exception() is not None and self._failure is None:
+            self._failure = turn.exception()
+            self.state.room.set()
 
     async def _commit(
         self, reports: list[AbstractIncomingMessage], tasks: list[AbstractIncomingMessage]
@@ -124,6 +152,8 @@ class LeaderCycle:
     async def _wait(
         self, has_room: bool, linger: float | None = None, on_reports: bool = True
     ) -> None:
+        if self._failure is not None:
+            return
         """Until a report arrives, the pool changes, (with room) a task arrives, or the
         linger passes."""
         state = self.state

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.base import utcnow
-from rabbitmq.topology import INTAKE_QUEUE, TOKEN_HEADER
+from rabbitmq.topology import INTAKE_QUEUE, MAX_PRIORITY, TOKEN_HEADER
 from schemas.tasks import TaskSubmit
 from workmesh.dispatch.lifecycle import ASSIGNABLE, TaskStatus
 from workmesh.engine.publisher import gather_confirms
@@ -97,7 +97,7 @@ class Intake:
         for got in await asyncio.gather(*(ask(queue) for queue in askers)):
             taken += got
         # Each channel hands out its share in priority order; the turn wants it overall.
-        taken.sort(key=lambda m: -(m.priority or 0))
+        taken.sort(key=lambda m: -min(m.priority or 0, MAX_PRIORITY))
         return taken
 
     async def listen(self) -> str:
@@ -128,8 +128,9 @@ class Intake:
     async def settle(self, messages: list[AbstractIncomingMessage], plan: IntakePlan) -> None:
         for message in plan.requeue:
             await message.nack(requeue=True)
-        # Everything else is done with: one ack covers it (the requeued ones were settled
-        # just above, and cycles never overlap on this channel).
+        # Everything else is done with: one ack per channel covers it (the requeued ones were
+        # settled just above, and turns settle in order, so every earlier delivery on the
+        # channel is settled already; later turns' deliveries have higher tags).
         requeued = {id(m) for m in plan.requeue}
         last_on_channel: dict[int, AbstractIncomingMessage] = {}
         for message in messages:

@@ -82,12 +82,14 @@ class PoolReview:
                     raise
             if changes:
                 state.room.set()
-        orphans: list[Task] = []
-        async with state.sessions() as session, session.begin():
+            orphans: list[Task] = []
             if backlog == 0 and waiting_retries == 0:
-                orphans = await assignments.orphaned_tasks(
-                    session, state.settings.dispatch.orphan_after
-                )
+                # Under the lock: a turn must not assign a task while it is being revived.
+                async with state.sessions() as session, session.begin():
+                    orphans = await assignments.orphaned_tasks(
+                        session, state.settings.dispatch.orphan_after
+                    )
+        async with state.sessions() as session:
             counts = await assignments.count_by_status(session)
         for task in returned + orphans:
             await state.publisher.intake(assignments.intake_body(task), task.priority)
