@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import aio_pika
+
 from tests.conftest import ADMIN_TOKEN, Harness, eventually
 
 WORKMESH = [sys.executable, "-m", "workmesh.cli"]
@@ -98,3 +100,14 @@ async def test_worker_token_submit_and_stats(harness: Harness, tmp_path: Path) -
     code, out, err = await cli(harness, "submit", "--token", "")
     assert code == 1
     assert "producer token is needed" in err
+
+
+async def test_a_new_workers_queue_exists_before_any_dispatcher_runs(harness: Harness) -> None:
+    # No mesh is running: the CLI itself declares the queue, so the worker can consume at once
+    code, _, err = await cli(harness, "worker", "add", "early-bird")
+    assert code == 0, err
+    connection = await aio_pika.connect(harness.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("workmesh.worker.early-bird", passive=True)
+        assert queue.declaration_result.message_count == 0

@@ -166,6 +166,10 @@ def _worker_add(settings: Settings, args: argparse.Namespace) -> int:
                 raise CliError(str(error)) from None
 
     token = asyncio.run(add())
+    try:
+        asyncio.run(_declare_worker_queue(settings, spec.id))
+    except Exception as error:  # the dispatcher declares it at its next review anyway
+        print(f"note: queue not declared yet ({error}); the dispatcher will", file=sys.stderr)
     print(
         json.dumps(
             {
@@ -179,6 +183,17 @@ def _worker_add(settings: Settings, args: argparse.Namespace) -> int:
     )
     print("keep the token: it is shown only now", file=sys.stderr)
     return 0
+
+
+async def _declare_worker_queue(settings: Settings, worker_id: str) -> None:
+    """So the new worker can start consuming at once, before the dispatcher's next review."""
+    import aio_pika
+
+    from rabbitmq.topology import declare_queue, worker_queue
+
+    connection = await asyncio.wait_for(aio_pika.connect(settings.amqp.url), timeout=5)
+    async with connection:
+        await declare_queue(await connection.channel(), worker_queue(worker_id))
 
 
 def _worker_list(settings: Settings, args: argparse.Namespace) -> int:
