@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from models import Task
@@ -88,16 +91,10 @@ async def list_tasks(request: web.Request) -> web.Response:
 @routes.post("/api/v1/tasks/{task_id}/cancel")
 async def cancel_task(request: web.Request) -> web.Response:
     principal(request, *SUBMITTERS)
-    try:
-        # The version check runs at commit, so the race is caught around the whole block.
+    # Around the whole block: the version check (a race lost) runs at commit.
+    with refusals_as_http():
         async with request.app[SESSIONS]() as session, session.begin():
             task, on_worker = await tasks.cancel(session, request.match_info["task_id"])
-    except tasks.NotFound as error:
-        raise ApiError(404, str(error)) from None
-    except LifecycleError as error:
-        raise ApiError(409, str(error)) from None
-    except StaleDataError:
-        raise ApiError(409, RACED) from None
     if on_worker is not None:
         # Committed already; if this publish fails the leader's reconciliation frees the
         # worker's slot and the worker finds out when its report is refused.
@@ -112,7 +109,7 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def change_status(request: web.Request) -> web.Response:
     who = principal(request, Role.WORKER)
     body = await read_body(request, StatusChange)
-    try:
+    with refusals_as_http():
         async with request.app[SESSIONS]() as session, session.begin():
             task, report = await tasks.change_status(
                 session,
@@ -122,14 +119,6 @@ async def change_status(request: web.Request) -> web.Response:
                 body.result,
                 body.error,
             )
-    except tasks.NotFound as error:
-        raise ApiError(404, str(error)) from None
-    except tasks.NotYours as error:
-        raise ApiError(403, str(error)) from None
-    except LifecycleError as error:
-        raise ApiError(409, str(error)) from None
-    except StaleDataError:
-        raise ApiError(409, RACED) from None
     # The dispatcher hears of it the same way as of an AMQP report, and does the follow-up.
     # The change is committed either way; if this publish is lost, the leader's periodic
     # reconciliation frees the worker's slot (a retry or requeue then waits for the sweep).
@@ -140,10 +129,21 @@ async def change_status(request: web.Request) -> web.Response:
     return json_response(view(task))
 
 
-async def _get(session: object, task_id: str, worker_id: str | None) -> Task:
+async def _get(session: AsyncSession, task_id: str, worker_id: str | None) -> Task:
+    with refusals_as_http():
+        return await tasks.get_task(session, task_id, worker_id)
+
+
+@contextlib.contextmanager
+def refusals_as_http() -> Iterator[None]:
+    """The task service's refusals, answered as HTTP errors with their reason."""
     try:
-        return await tasks.get_task(session, task_id, worker_id)  # type: ignore[arg-type]
+        yield
     except tasks.NotFound as error:
         raise ApiError(404, str(error)) from None
     except tasks.NotYours as error:
         raise ApiError(403, str(error)) from None
+    except LifecycleError as error:
+        raise ApiError(409, str(error)) from None
+    except StaleDataError:
+        raise ApiError(409, RACED) from None
