@@ -1,9 +1,9 @@
-"""Taking tasks off the intake queue, never more than there is room for, and assigning them.
+"""The intake queue's side of a leader turn: take tasks, never more than there is room for,
+and assign them.
 
 The leader pulls with basic.get, one message per free slot, so everything it has not taken
-stays in RabbitMQ in priority order. When the queue is empty it waits on a consumer with a
-prefetch of one (a doorbell) rather than polling; the first delivery wakes it, it cancels the
-consumer and pulls again.
+stays in RabbitMQ in priority order. When the queue is empty the cycle waits on a consumer with
+a prefetch of one (a doorbell) rather than polling (workmesh/engine/cycle.py).
 """
 
 from __future__ import annotations

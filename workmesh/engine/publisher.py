@@ -60,12 +60,6 @@ class MeshPublisher:
             routing_key=worker_queue_name(worker_id),
         )
 
-    def cancellation(self, worker_id: str, task_id: str) -> Awaitable[Any]:
-        return self.channel.default_exchange.publish(
-            json_message({"task_id": task_id}, priority=9, type_="cancel"),
-            routing_key=worker_queue_name(worker_id),
-        )
-
     async def intake(self, body: dict[str, Any], priority: int) -> None:
         exchange = await self._exchange(TASKS_EXCHANGE)
         await exchange.publish(

@@ -28,8 +28,8 @@ class LeaderState:
     metrics: Metrics
     publisher: MeshPublisher
     pool: WorkerPool
-    # Serialises every change to the pool and to tasks the leader makes, so a batch of
-    # assignments, a batch of reports and a review never interleave half-done.
+    # Serialises every change to the pool and to tasks the leader makes, so a turn's commit
+    # and a review never interleave half-done.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Set whenever room may have appeared on a worker; the intake loop waits on it when full.
     room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -44,10 +44,6 @@ class LeaderState:
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
         return task
-
-    def finish_even_if_stopped(self, work: Coroutine[Any, Any, Result]) -> Awaitable[Result]:
-        """Run a batch so that stopping the loop that started it does not cut it in half."""
-        return asyncio.shield(self.track(work))
 
     async def reload(self) -> None:
         """Rebuild the pool from the database: on taking office, and after a failed batch."""

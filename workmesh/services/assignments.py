@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -126,10 +125,6 @@ def assignment_body(task: TaskState) -> dict[str, object]:
         "priority": task.priority,
         "attempt": task.attempt,
     }
-
-
-def ids_of(tasks: Sequence[Task]) -> list[str]:
-    return [task.id for task in tasks]
 
 
 def apply_transition(
