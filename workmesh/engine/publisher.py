@@ -50,9 +50,17 @@ class MeshPublisher:
         self.channel = channel
         self.events_channel = events_channel
         self._sending: set[asyncio.Task[None]] = set()
+        self._exchanges: dict[tuple[int, str], aio_pika.abc.AbstractExchange] = {}
 
-    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
-        return await self.channel.get_exchange(name, ensure=False)
+    async def _exchange(
+        self, name: str, channel: AbstractChannel | None = None
+    ) -> aio_pika.abc.AbstractExchange:
+        """The exchange by name on a channel, built once (declared with the topology)."""
+        channel = channel or self.channel
+        key = (id(channel), name)
+        if key not in self._exchanges:
+            self._exchanges[key] = await channel.get_exchange(name, ensure=False)
+        return self._exchanges[key]
 
     def assignment(self, worker_id: str, body: dict[str, Any], priority: int) -> Awaitable[Any]:
         return self.channel.default_exchange.publish(
@@ -74,7 +82,7 @@ class MeshPublisher:
         )
 
     async def event(self, routing_key: str, body: dict[str, Any]) -> None:
-        exchange = await self.events_channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
+        exchange = await self._exchange(EVENTS_EXCHANGE, self.events_channel)
         await exchange.publish(
             json_message(body, headers={ORIGIN_HEADER: "mesh"}),
             routing_key=routing_key,
