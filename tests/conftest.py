@@ -178,6 +178,15 @@ class Harness:
         self.bots.append(bot)
         return bot
 
+    async def wait_task(self, task_id: str, message: str, **expected: Any) -> None:
+        """Wait until the API shows the task with every field as ``expected``."""
+
+        async def matches() -> bool:
+            _, task = await self.api("GET", f"/api/v1/tasks/{task_id}")
+            return all(task.get(k) == v for k, v in expected.items())
+
+        await eventually(matches, message=message)
+
     async def wait_online(self, *worker_ids: str, online: bool = True) -> None:
         async def all_there() -> bool:
             _, body = await self.api("GET", "/api/v1/workers")

@@ -63,12 +63,7 @@ async def test_bad_reports_are_dead_lettered_and_the_consumer_goes_on(harness: H
     assert any(r.startswith("invalid report: body: Invalid JSON") for r in reasons), reasons
     # The real report still lands, and a report the lifecycle forbids afterwards is refused
     await bot.finish(task_id)
-
-    async def done() -> bool:
-        _, task = await harness.api("GET", f"/api/v1/tasks/{task_id}")
-        return bool(task["status"] == "done")
-
-    await eventually(done, message="done")
+    await harness.wait_task(task_id, "done", status="done")
     await bot.report("started", task_id)
     dead = await read_dead_letters(harness.amqp_url, expect=1)
     assert dead[0][0]["x-workmesh-reason"] == "task is done; a worker cannot report started"

@@ -116,18 +116,10 @@ async def test_silent_worker_tasks_go_to_another(harness: Harness) -> None:
     # When its heartbeats stop, then its tasks are handed to the healthy worker and finish
     await eventually(lambda: set(healthy.task_ids()) == ids, timeout=15, message="tasks reassigned")
     for task_id in ids:
-
-        async def done(t: str = task_id) -> bool:
-            return await _is(harness, t, "done")
-
-        await eventually(done, message="done")
+        await harness.wait_task(task_id, "done", status="done")
     _, worker = await harness.api("GET", "/api/v1/workers/silent")
     assert worker["online"] is False
     assert worker["load"] == 0
-
-
-async def _is(harness: Harness, task_id: str, status: str) -> bool:
-    return await task_status(harness, task_id) == status
 
 
 async def test_a_rejected_task_goes_to_another_worker(harness: Harness) -> None:
@@ -140,7 +132,7 @@ async def test_a_rejected_task_goes_to_another_worker(harness: Harness) -> None:
     await eventually(lambda: len(picky.received) >= 1, message="picky got it")
     willing = await harness.bot("willing", capacity=1, mode="done")
     await eventually(lambda: willing.task_ids() == [task_id], message="handed to the other")
-    await eventually(lambda: _is(harness, task_id, "done"), message="done")
+    await harness.wait_task(task_id, "done", status="done")
     _, task = await harness.api("GET", f"/api/v1/tasks/{task_id}")
     assert task["attempt"] == 1  # a rejection is not a failed attempt
 
@@ -181,7 +173,7 @@ async def test_a_worker_over_http_only(harness: Harness) -> None:
     await harness.wait_online("http-bot")
     status, created = await harness.api("POST", "/api/v1/tasks", json={"kind": "k", "priority": 4})
     task_id = created["id"]
-    await eventually(lambda: _is(harness, task_id, "assigned"), message="assigned")
+    await harness.wait_task(task_id, "assigned", status="assigned")
     # It sees its task, moves it to in_progress and then done
     status, mine = await harness.api("GET", "/api/v1/tasks?worker_id=http-bot", token=token)
     assert [t["id"] for t in mine["tasks"]] == [task_id]
@@ -200,7 +192,7 @@ async def test_a_worker_over_http_only(harness: Harness) -> None:
     assert "done" in body["error"]
     # And its room is free again for the next task
     status, nxt = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
-    await eventually(lambda: _is(harness, nxt["id"], "assigned"), message="next assigned")
+    await harness.wait_task(nxt["id"], "next assigned", status="assigned")
 
 
 async def test_http_worker_fails_and_rejects_and_load_is_reconciled(harness: Harness) -> None:
@@ -210,22 +202,17 @@ async def test_http_worker_fails_and_rejects_and_load_is_reconciled(harness: Har
     await harness.wait_online("hw")
     _, task = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
     path = f"/api/v1/worker/tasks/{task['id']}/status"
-    await eventually(lambda: _is(harness, task["id"], "assigned"), message="assigned")
+    await harness.wait_task(task["id"], "assigned", status="assigned")
     # A failure over HTTP is retried after the backoff (attempt 2), back to the only worker
     status, body = await harness.api(
         "POST", path, token=token, json={"status": "failed", "error": "disk full"}
     )
     assert (status, body["status"], body["attempt"]) == (200, "retrying", 2)
-
-    async def reassigned() -> bool:
-        _, t = await harness.api("GET", f"/api/v1/tasks/{task['id']}")
-        return bool(t["status"] == "assigned" and t["attempt"] == 2)
-
-    await eventually(reassigned, message="retried")
+    await harness.wait_task(task["id"], "retried", status="assigned", attempt=2)
     # A rejection over HTTP puts it back in the queue (and, with no one else, back to hw)
     status, body = await harness.api("POST", path, token=token, json={"status": "rejected"})
     assert (status, body["status"]) == (200, "queued")
-    await eventually(lambda: _is(harness, task["id"], "assigned"), message="assigned again")
+    await harness.wait_task(task["id"], "assigned again", status="assigned")
     # A status a worker may not set is refused with the allowed ones named
     status, body = await harness.api("POST", path, token=token, json={"status": "queued"})
     assert status == 422
@@ -239,4 +226,4 @@ async def test_http_worker_fails_and_rejects_and_load_is_reconciled(harness: Har
         assert row is not None
         row.status = "done"
     _, nxt = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
-    await eventually(lambda: _is(harness, nxt["id"], "assigned"), message="slot reconciled")
+    await harness.wait_task(nxt["id"], "slot reconciled", status="assigned")

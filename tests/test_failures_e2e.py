@@ -43,12 +43,7 @@ async def test_a_failure_then_success(harness: Harness) -> None:
     await eventually(lambda: len(bot.received) == 1, message="first attempt")
     bot.mode = "done"
     await eventually(lambda: len(bot.received) == 2, message="second attempt")
-
-    async def done() -> bool:
-        _, task = await harness.api("GET", f"/api/v1/tasks/{task_id}")
-        return bool(task["status"] == "done" and task["attempt"] == 2)
-
-    await eventually(done, message="done on the second attempt")
+    await harness.wait_task(task_id, "done on the second attempt", status="done", attempt=2)
 
 
 async def test_the_same_idempotency_key_makes_one_task(harness: Harness) -> None:

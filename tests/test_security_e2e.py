@@ -64,12 +64,7 @@ async def test_a_worker_sees_and_changes_only_its_own_tasks(
     await harness.api("POST", "/api/v1/worker/heartbeat", token=cast["w1"])
     await harness.wait_online("w1")
     _, task = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
-
-    async def assigned() -> bool:
-        _, t = await harness.api("GET", f"/api/v1/tasks/{task['id']}")
-        return bool(t["worker_id"] == "w1")
-
-    await eventually(assigned, message="assigned to w1")
+    await harness.wait_task(task["id"], "assigned to w1", worker_id="w1")
     status, _ = await harness.api("GET", f"/api/v1/tasks/{task['id']}", token=cast["w1"])
     assert status == 200
     status, reply = await harness.api("GET", f"/api/v1/tasks/{task['id']}", token=cast["w2"])

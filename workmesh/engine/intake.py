@@ -170,7 +170,7 @@ class Intake:
         self,
         session: AsyncSession,
         messages: list[AbstractIncomingMessage],
-        known: list[TaskRow] | None = None,
+        known: list[TaskRow],
     ) -> IntakePlan:
         """Store new tasks and assign every assignable one, picking workers by least load."""
         state, plan = self.state, IntakePlan()
@@ -185,12 +185,6 @@ class Intake:
         now, tick = utcnow(), time.monotonic()
         new_rows: list[TaskRow] = []
         changed: list[TaskRow] = []
-        if known is None:
-            known = await task_rows.rows_for(
-                session,
-                {task_id for _, _, task_id in parsed},
-                {s.idempotency_key for _, s, _ in parsed if s.idempotency_key},
-            )
         by_id = {t.id: t for t in known}
         by_key = {t.idempotency_key: t for t in known if t.idempotency_key}
         for message, submit, task_id in parsed:

@@ -127,7 +127,7 @@ class ReportApplier:
         self,
         session: AsyncSession,
         messages: list[AbstractIncomingMessage],
-        known: list[TaskRow] | None = None,
+        known: list[TaskRow],
     ) -> ReportPlan:
         plan = ReportPlan()
         parsed: list[tuple[AbstractIncomingMessage, str, dict[str, Any]]] = []
@@ -138,8 +138,6 @@ class ReportApplier:
                 plan.dead.append((message, f"invalid report: {validation_summary(error)}"))
                 continue
             parsed.append((message, message.routing_key or "", report.model_dump()))
-        if known is None:
-            known = await task_rows.rows_for(session, {b["task_id"] for _, _, b in parsed})
         tasks = {row.id: row for row in known}
         changed: dict[str, TaskRow] = {}
         for message, routing_key, body in parsed:
