@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from tests.bots import Bot
+from workmesh.capabilities import Capability
 from workmesh.db import migrate
 from workmesh.runtime import Mesh, Role
 from workmesh.settings import (
@@ -129,9 +130,15 @@ class Harness:
         self.bots: list[Bot] = []
         self.settings: Settings | None = None
 
-    async def start(self, role: Role = Role.ALL, **dispatch: Any) -> Mesh:
+    async def start(
+        self,
+        role: str = Role.ALL,
+        capabilities: list[Capability] | None = None,
+        **dispatch: Any,
+    ) -> Mesh:
+        """Start a mesh process; only the ``capabilities`` given run (none by default)."""
         self.settings = make_settings(self.amqp_url, self.database_url, **dispatch)
-        mesh = Mesh(self.settings, role)
+        mesh = Mesh(self.settings, role, capabilities or [])
         await mesh.start()
         self.meshes.append(mesh)
         if mesh.dispatcher is not None:

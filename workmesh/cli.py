@@ -14,6 +14,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from workmesh.capabilities import capability_names
 from workmesh.settings import Settings
 
 DESCRIPTION = """\
@@ -68,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--role",
-        choices=["all", "api", "dispatcher"],
+        choices=["all", "api", "dispatcher", *capability_names()],
         default="all",
-        help="which role to run (default: all)",
+        help="which role to run (default: all): the task api, the dispatcher, or one "
+        "capability's consumers and routes",
     )
     run.add_argument(
         "--no-migrate",
@@ -133,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from workmesh.runtime import Role, run
+    from workmesh.runtime import run
 
-    asyncio.run(run(settings, Role(args.role), run_migrations=not args.no_migrate))
+    asyncio.run(run(settings, args.role, run_migrations=not args.no_migrate))
     return 0
 
 

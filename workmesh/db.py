@@ -60,6 +60,9 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def migrate(url: str, revision: str = "head") -> None:
-    """Upgrade the schema; blocking (alembic runs its own event loop), call it off the loop."""
+def migrate(url: str, revision: str = "heads") -> None:
+    """Upgrade the schema; blocking (alembic runs its own event loop), call it off the loop.
+
+    ``heads``: each capability's tables are a branch of their own off the core revision.
+    """
     command.upgrade(alembic_config(url), revision)

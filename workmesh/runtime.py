@@ -1,9 +1,10 @@
-"""Run the mesh's roles in one process: ``api``, ``dispatcher``, or ``all`` of them.
+"""Run the mesh's roles in one process: ``api``, ``dispatcher``, a capability, or ``all``.
 
-Each role serves HTTP on the configured port: the api role the whole API, every role
-``/metrics`` and ``/healthz``. SIGINT/SIGTERM stop it gracefully: the HTTP server stops taking
-requests, FastStream lets running handlers finish, the dispatcher is cancelled (safe at any
-point: nothing is acknowledged before its effects are committed and published).
+Each role serves HTTP on the configured port: the api role the whole task API, a capability its
+own routes, every role ``/metrics`` and ``/healthz``. SIGINT/SIGTERM stop it gracefully: the
+HTTP server stops taking requests, the dispatcher is cancelled (safe at any point: nothing is
+acknowledged before its effects are committed and published), capabilities stop, and
+FastStream lets running handlers finish.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from brokers import build_broker
 from rabbitmq.topology import declare_topology
 from workmesh.api.app import HealthCheck, build_app
 from workmesh.api.bus import ApiBus
+from workmesh.capabilities import Capability, MeshContext, default_capabilities
 from workmesh.db import create_engine, migrate, session_factory
 from workmesh.engine.leader import Dispatcher, cancel_and_wait
 from workmesh.metrics import Metrics
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class Role(StrEnum):
+    """The core roles; every capability is a role of its own too, named by ``Capability.name``."""
+
     ALL = "all"
     API = "api"
     DISPATCHER = "dispatcher"
@@ -53,9 +57,20 @@ async def declare_mesh_topology(settings: Settings, wait: float = 60.0) -> None:
 class Mesh:
     """One process's share of the mesh: its roles started together and stopped in order."""
 
-    def __init__(self, settings: Settings, role: Role) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        role: str,
+        capabilities: list[Capability] | None = None,
+    ) -> None:
+        """``capabilities`` defaults to every one, with settings from the environment."""
+        known = default_capabilities() if capabilities is None else capabilities
+        names = [c.name for c in known]
+        if role not in [*Role, *names]:
+            raise ValueError(f"unknown role {role!r}; roles: {', '.join([*Role, *names])}")
         self.settings = settings
         self.role = role
+        self.capabilities = [c for c in known if role in (Role.ALL, c.name)]
         self.engine = create_engine(settings.database)
         self.sessions = session_factory(self.engine)
         self.metrics = Metrics()
@@ -68,6 +83,9 @@ class Mesh:
             health.append(self._dispatcher_ok)
         bus = ApiBus(self.broker) if serves_api else None
         self.app = build_app(settings, self.sessions, self.metrics, bus, health)
+        context = MeshContext(settings, self.sessions, self.metrics, self.broker)
+        for capability in self.capabilities:
+            capability.attach(context, self.app)
         self.runner = web.AppRunner(self.app, access_log=None)
         self.dispatcher_task: asyncio.Task[None] | None = None
 
@@ -77,9 +95,11 @@ class Mesh:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.http.host, self.settings.http.port)
         await site.start()
+        for capability in self.capabilities:
+            await capability.start()
         log.info(
             "workmesh %s role serving on http://%s:%s",
-            self.role.value,
+            self.role,
             self.settings.http.host,
             self.settings.http.port,
         )
@@ -87,10 +107,12 @@ class Mesh:
             self.dispatcher_task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
 
     async def stop(self) -> None:
-        log.info("workmesh %s role stopping", self.role.value)
+        log.info("workmesh %s role stopping", self.role)
         await self.runner.cleanup()
         if self.dispatcher_task is not None:
             await cancel_and_wait(self.dispatcher_task)
+        for capability in reversed(self.capabilities):
+            await capability.stop()
         await self.broker.stop()
         await self.engine.dispose()
 
@@ -110,7 +132,7 @@ class Mesh:
         return {"dispatcher": self.dispatcher.ready.is_set()}
 
 
-async def run(settings: Settings, role: Role, *, run_migrations: bool = True) -> None:
+async def run(settings: Settings, role: str, *, run_migrations: bool = True) -> None:
     """Run until SIGINT or SIGTERM."""
     stop = _stop_on_signals()
     if run_migrations:
