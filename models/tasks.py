@@ -39,6 +39,10 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
     assigned_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # Set when the task is handed out over HTTP or WebSocket (not AMQP, where the broker's own
+    # acknowledgement does this job): unless the worker starts it by then, it goes back to the
+    # queue. Cleared at every new assignment.
+    leased_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # Optimistic concurrency: the API and the dispatcher leader both change tasks; an update
     # that lost a race fails (StaleDataError) instead of overwriting the winner.
     version: Mapped[int] = mapped_column(Integer, default=1)

@@ -23,3 +23,8 @@ class Worker(Base):
     online: Mapped[bool] = mapped_column(Boolean, default=False)
     # A reserve worker the scaling policy has brought into work.
     engaged: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Notifications for workers with no live channel (people): a signed webhook and/or email.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    # Kept in clear: the mesh signs every webhook body with it (HMAC-SHA256).
+    webhook_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)

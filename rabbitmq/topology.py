@@ -26,6 +26,8 @@ HEARTBEATS_QUEUE = "workmesh.dispatcher.heartbeats"
 # Declared exclusive by the dispatcher that leads; RabbitMQ refuses it to everyone else
 # (RESOURCE_LOCKED) until that connection closes, which makes it a lock held by a live process.
 LEADER_LOCK_QUEUE = "workmesh.dispatcher.leader"
+# Assignments for workers to notify (webhook, email) when no channel of theirs is live.
+NOTIFY_QUEUE = "workmesh.notify"
 WORKER_QUEUE_PREFIX = "workmesh.worker."
 RETRY_QUEUE_PREFIX = "workmesh.tasks.retry."
 
@@ -103,6 +105,7 @@ HEARTBEATS = QueueSpec(
     {"x-message-ttl": 60_000},
     ((EVENTS_EXCHANGE, HEARTBEAT_KEY),),
 )
+NOTIFY = QueueSpec(NOTIFY_QUEUE, dict(_DEAD_LETTER), ((EVENTS_EXCHANGE, "task.assigned"),))
 DEAD = QueueSpec(DEAD_QUEUE, {}, ((DEAD_EXCHANGE, ""),))
 
 
@@ -131,7 +134,7 @@ async def declare_topology(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
     dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-    for spec in (DEAD, INTAKE, REPORTS, HEARTBEATS):
+    for spec in (DEAD, INTAKE, REPORTS, HEARTBEATS, NOTIFY):
         await declare_queue(channel, spec)
     for delay in retry_delays:
         await declare_queue(channel, retry_queue(delay))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 WORKER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -39,3 +39,22 @@ class WorkerView(BaseModel):
     engaged: bool
     last_heartbeat_at: datetime | None
     load: int = 0
+
+
+class NotificationSettings(BaseModel):
+    """Where to notify a worker of assignments while no channel of its is live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: AnyHttpUrl | None = Field(default=None, description="POSTed a signed notice")
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)
+    # A new signing secret is made when a webhook is first set, or when this asks for one.
+    new_secret: bool = False
+
+
+class NotificationView(BaseModel):
+    worker_id: str
+    webhook_url: str | None
+    email: str | None
+    # Shown once, when made: the receiver verifies X-Workmesh-Signature with it.
+    webhook_secret: str | None = None

@@ -26,6 +26,7 @@ from workmesh.db import migrate
 from workmesh.runtime import Mesh, Role
 from workmesh.settings import (
     AmqpSettings,
+    ChannelSettings,
     DatabaseSettings,
     DispatchSettings,
     HttpSettings,
@@ -102,7 +103,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_settings(amqp_url: str, database_url: str, **dispatch: Any) -> Settings:
+def make_settings(
+    amqp_url: str, database_url: str, channels: dict[str, Any] | None = None, **dispatch: Any
+) -> Settings:
     defaults: dict[str, Any] = {
         "heartbeat_timeout": 3.0,
         "review_interval": 0.1,
@@ -116,6 +119,7 @@ def make_settings(amqp_url: str, database_url: str, **dispatch: Any) -> Settings
         http=HttpSettings(host="127.0.0.1", port=free_port()),
         dispatch=DispatchSettings(**{**defaults, **dispatch}),
         security=SecuritySettings(admin_token=ADMIN_TOKEN),
+        channels=ChannelSettings(**(channels or {})),
     )
 
 
@@ -134,10 +138,11 @@ class Harness:
         self,
         role: str = Role.ALL,
         capabilities: list[Capability] | None = None,
+        channels: dict[str, Any] | None = None,
         **dispatch: Any,
     ) -> Mesh:
         """Start a mesh process; only the ``capabilities`` given run (none by default)."""
-        self.settings = make_settings(self.amqp_url, self.database_url, **dispatch)
+        self.settings = make_settings(self.amqp_url, self.database_url, channels, **dispatch)
         mesh = Mesh(self.settings, role, capabilities or [])
         await mesh.start()
         self.meshes.append(mesh)

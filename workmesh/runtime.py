@@ -24,6 +24,7 @@ from rabbitmq.topology import declare_topology
 from workmesh.api.app import HealthCheck, build_app
 from workmesh.api.bus import ApiBus
 from workmesh.capabilities import Capability, MeshContext, default_capabilities
+from workmesh.channels.service import WorkerChannels
 from workmesh.db import create_engine, migrate, session_factory
 from workmesh.engine.leader import Dispatcher, cancel_and_wait
 from workmesh.metrics import Metrics
@@ -71,6 +72,9 @@ class Mesh:
         self.settings = settings
         self.role = role
         self.capabilities = [c for c in known if role in (Role.ALL, c.name)]
+        if role in (Role.ALL, Role.API):
+            # Part of the api role: how workers without an AMQP consumer get their tasks.
+            self.capabilities.insert(0, WorkerChannels(settings))
         self.engine = create_engine(settings.database)
         self.sessions = session_factory(self.engine)
         self.metrics = Metrics()

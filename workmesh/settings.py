@@ -6,7 +6,7 @@ the result is passed down.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
@@ -93,6 +93,28 @@ def parse_thresholds(text: str) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
+class ChannelSettings(BaseSettings):
+    """How workers without an AMQP connection get their tasks: HTTP, WebSocket, notifications."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKMESH_CHANNELS_")
+
+    # A task handed out over HTTP or WebSocket and not started within this goes back.
+    lease: PositiveFloat = 60.0
+    # The longest a long poll (GET /api/v1/worker/tasks?wait=...) may wait.
+    max_wait: PositiveFloat = 30.0
+    # Webhook notifications: tries in all, the first pause between them (doubling), and the
+    # time one POST may take.
+    webhook_tries: PositiveInt = 5
+    webhook_backoff: PositiveFloat = 1.0
+    webhook_timeout: PositiveFloat = 10.0
+    # Email notifications go through this SMTP server; no host, no email.
+    smtp_host: str = ""
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_sender: str = "workmesh@localhost"
+    # Where the web page for people is served, for links in notifications.
+    public_url: str = "http://127.0.0.1:8080"
+
+
 class SecuritySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WORKMESH_")
 
@@ -116,6 +138,7 @@ class Settings:
     http: HttpSettings
     dispatch: DispatchSettings
     security: SecuritySettings
+    channels: ChannelSettings = field(default_factory=ChannelSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -125,4 +148,5 @@ class Settings:
             http=HttpSettings(),
             dispatch=DispatchSettings(),
             security=SecuritySettings(),
+            channels=ChannelSettings(),
         )

@@ -109,24 +109,29 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def change_status(request: web.Request) -> web.Response:
     who = principal(request, Role.WORKER)
     body = await read_body(request, StatusChange)
+    task = await apply_status_change(
+        request.app, request.match_info["task_id"], who.name, request[TOKEN], body
+    )
+    return json_response(view(task))
+
+
+async def apply_status_change(
+    app: web.Application, task_id: str, worker_id: str, token: str, change: StatusChange
+) -> Task:
+    """A worker's status change over HTTP or WebSocket; refusals raise ApiError."""
     with refusals_as_http():
-        async with request.app[SESSIONS]() as session, session.begin():
+        async with app[SESSIONS]() as session, session.begin():
             task, report = await tasks.change_status(
-                session,
-                request.match_info["task_id"],
-                who.name,
-                body.status,
-                body.result,
-                body.error,
+                session, task_id, worker_id, change.status, change.result, change.error
             )
     # The dispatcher hears of it the same way as of an AMQP report, and does the follow-up.
     # The change is committed either way; if this publish is lost, the leader's periodic
     # reconciliation frees the worker's slot (a retry or requeue then waits for the sweep).
     try:
-        await request.app[BUS].report(task, report, who.name, request[TOKEN], body)
+        await app[BUS].report(task, report, worker_id, token, change)
     except Exception:
         log.exception("status of task %s changed but not announced", task.id)
-    return json_response(view(task))
+    return task
 
 
 async def _get(session: AsyncSession, task_id: str, worker_id: str | None) -> Task:

@@ -12,11 +12,12 @@ from aio_pika.abc import AbstractChannel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Task
+from models.base import utcnow
 from rabbitmq.topology import INTAKE_QUEUE, declare_queue, retry_queue, worker_queue
 from workmesh.dispatch.pool import PoolChange
 from workmesh.dispatch.scaling import PoolView, ScalingPolicy, StepPolicy, ThresholdPolicy
 from workmesh.engine.state import LeaderState
-from workmesh.services import assignments
+from workmesh.services import assignments, leases
 from workmesh.settings import ScalingPolicyName, parse_thresholds
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class PoolReview:
                     raise
             if changes:
                 state.room.set()
+            expired = await self._expire_leases(now)
             orphans: list[Task] = []
             if backlog == 0 and waiting_retries == 0:
                 # Under the lock: a turn must not assign a task while it is being revived.
@@ -91,8 +93,13 @@ class PoolReview:
                     )
         async with state.sessions() as session:
             counts = await assignments.count_by_status(session)
-        for task in returned + orphans:
+        for task in returned + orphans + [task for task, _ in expired]:
             await state.publisher.intake(assignments.intake_body(task), task.priority)
+        for task, worker_id in expired:
+            log.info("task %s: worker %s did not start it within its lease", task.id, worker_id)
+            await state.publisher.event(
+                "task.lease_expired", {"task_id": task.id, "worker_id": worker_id}
+            )
         if orphans:
             log.warning("published %d orphaned tasks again", len(orphans))
         await self._announce(changes, desired)
@@ -117,6 +124,19 @@ class PoolReview:
         for task in returned:
             state.pool.release(task.id, now)
         return returned
+
+    async def _expire_leases(self, now: float) -> list[tuple[Task, str]]:
+        """Tasks handed out over HTTP/WebSocket and not started in time go back to the queue.
+
+        Under the lock, like an offline worker's tasks: the pool's count must drop with them.
+        """
+        async with self.state.sessions() as session, session.begin():
+            expired = await leases.take_expired(session, utcnow())
+        for task, _ in expired:
+            self.state.pool.release(task.id, now)
+        if expired:
+            self.state.room.set()
+        return expired
 
     async def _depth(self, queue_name: str) -> int:
         queue = await self.channel.declare_queue(queue_name, passive=True)

@@ -31,12 +31,14 @@ class TaskState(Protocol):
     error: str | None
     assigned_at: datetime | None
     finished_at: datetime | None
+    leased_until: datetime | None
 
 
 def mark_assigned(task: TaskState, worker_id: str, now: datetime) -> None:
     task.status = TaskStatus.ASSIGNED.value
     task.worker_id = worker_id
     task.assigned_at = now
+    task.leased_until = None  # a new assignment is not handed out yet
 
 
 async def worker_records(session: AsyncSession) -> list[WorkerRecord]:

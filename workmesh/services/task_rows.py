@@ -42,6 +42,7 @@ class TaskRow:
     submitted_by: str = ""
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    leased_until: datetime | None = None
 
 
 # What the hot path reads: everything but the (possibly large) result.
@@ -56,6 +57,7 @@ _WRITTEN = (
     "error",
     "assigned_at",
     "finished_at",
+    "leased_until",
 )
 
 

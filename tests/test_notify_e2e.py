@@ -1,0 +1,218 @@
+"""Notifications for workers with no live channel: signed webhooks, email, and the rule that a
+live channel (here a WebSocket) means no notification."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiosmtpd.controller import Controller
+
+from tests.bots import read_dead_letters
+from tests.conftest import Harness, eventually, free_port
+from tests.test_channels_e2e import WsWorker, poll, submit
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Receiver:
+    """A worker's webhook endpoint that verifies the signature as the docs tell receivers to."""
+
+    status: int = 200
+    secret: str = ""
+    calls: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls.append((dict(request.headers), await request.read()))
+        return web.Response(status=self.status)
+
+    def verified(self) -> list[dict[str, Any]]:
+        bodies = []
+        for headers, raw in self.calls:
+            expected = "sha256=" + hmac.new(self.secret.encode(), raw, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(headers["X-Workmesh-Signature"], expected)
+            bodies.append(json.loads(raw))
+        return bodies
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    hook = Receiver(port=free_port())
+    app = web.Application()
+    app.router.add_post("/hook", hook.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", hook.port).start()
+    yield hook
+    await runner.cleanup()
+
+
+async def notify_by_webhook(harness: Harness, worker_id: str, token: str, hook: Receiver) -> None:
+    status, body = await harness.api(
+        "PUT",
+        f"/api/v1/workers/{worker_id}/notifications",
+        token=token,
+        json={"webhook_url": hook.url},
+    )
+    assert status == 200, body
+    hook.secret = body["webhook_secret"]
+
+
+async def test_a_worker_with_no_live_channel_gets_a_signed_webhook(
+    harness: Harness, receiver: Receiver
+) -> None:
+    await harness.start()
+    token = await harness.add_worker("person")
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+    await harness.wait_online("person")
+    await notify_by_webhook(harness, "person", token, receiver)
+    task_id = await submit(harness, kind="review", payload={"doc": 7})
+    await eventually(lambda: len(receiver.calls) == 1, message="the webhook")
+    [notice] = receiver.verified()
+    assert notice["event"] == "task.assigned"
+    assert notice["task"]["task_id"] == task_id
+    assert notice["task"]["payload"] == {"doc": 7}
+    assert notice["fetch"].endswith("/api/v1/worker/tasks")
+    # The person then fetches it over HTTP.
+    [assignment] = (await poll(harness, token))["assignments"]
+    assert assignment["task_id"] == task_id
+    # A body changed on the way does not match the signature.
+    headers, raw = receiver.calls[0]
+    forged = raw.replace(b'"doc":7', b'"doc":8')
+    good = "sha256=" + hmac.new(receiver.secret.encode(), forged, hashlib.sha256).hexdigest()
+    assert good != headers["X-Workmesh-Signature"]
+
+
+async def test_a_live_websocket_means_no_notification(harness: Harness, receiver: Receiver) -> None:
+    await harness.start()
+    live = await harness.add_worker("live")
+    await notify_by_webhook(harness, "live", live, receiver)
+    ws = await WsWorker(harness, live).connect()
+    await ws.send({"type": "heartbeat"})
+    await harness.wait_online("live")
+    first = await submit(harness)
+    await eventually(lambda: len(ws.of("assignment")) == 1, message="pushed over the socket")
+    assert ws.of("assignment")[0]["task_id"] == first
+    # "live" is full now; the next task goes to "idle", which has no live channel. The notifier
+    # takes events one at a time, in order: once idle's webhook is in, the first was decided.
+    idle = await harness.add_worker("idle")
+    await notify_by_webhook(harness, "idle", idle, receiver)
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=idle)
+    await harness.wait_online("idle")
+    second = await submit(harness)
+    await eventually(lambda: len(receiver.calls) >= 1, message="the idle worker's webhook")
+    await asyncio.sleep(0.2)
+    notified = [(n["worker_id"], n["task"]["task_id"]) for n in receiver.verified()]
+    assert notified == [("idle", second)]
+    await ws.close()
+
+
+async def test_a_webhook_that_keeps_failing_is_dead_lettered_with_the_reason(
+    harness: Harness, receiver: Receiver
+) -> None:
+    receiver.status = 500
+    await harness.start(channels={"webhook_tries": 3, "webhook_backoff": 0.01})
+    token = await harness.add_worker("unlucky")
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+    await harness.wait_online("unlucky")
+    await notify_by_webhook(harness, "unlucky", token, receiver)
+    task_id = await submit(harness)
+    [(headers, body)] = await read_dead_letters(harness.amqp_url, expect=1)
+    assert len(receiver.calls) == 3
+    assert headers["x-workmesh-source"] == "task.assigned"
+    assert (
+        f"webhook to {receiver.url} failed after 3 tries: HTTP 500"
+        in (headers["x-workmesh-reason"])
+    )
+    assert json.loads(body)["task_id"] == task_id
+    # The task itself is untouched: still the worker's, to fetch over HTTP.
+    [assignment] = (await poll(harness, token))["assignments"]
+    assert assignment["task_id"] == task_id
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+async def test_a_worker_with_an_email_address_gets_an_email(harness: Harness) -> None:
+    inbox = Mailbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        await harness.start(
+            channels={"smtp_host": "127.0.0.1", "smtp_port": smtp.port, "public_url": "http://x"}
+        )
+        token = await harness.add_worker("clerk")
+        status, body = await harness.api(
+            "PUT",
+            "/api/v1/workers/clerk/notifications",
+            token=token,
+            json={"email": "clerk@example.org"},
+        )
+        assert status == 200, body
+        assert body["webhook_secret"] is None
+        await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+        await harness.wait_online("clerk")
+        task_id = await submit(harness, kind="translate", priority=4)
+        await eventually(lambda: len(inbox.messages) == 1, message="the email")
+        [mail] = inbox.messages
+        assert mail["To"] == "clerk@example.org"
+        assert "translate" in mail["Subject"]
+        text = mail.get_payload(decode=True).decode()
+        assert task_id in text
+        assert "http://x/app/" in text
+    finally:
+        smtp.stop()
+
+
+async def test_notification_settings_are_the_workers_own(harness: Harness) -> None:
+    await harness.start()
+    mine = await harness.add_worker("mine")
+    await harness.add_worker("theirs")
+    path = "/api/v1/workers/{}/notifications"
+    status, body = await harness.api(
+        "PUT", path.format("mine"), token=mine, json={"webhook_url": "https://hooks.example/x"}
+    )
+    assert status == 200
+    first_secret = body["webhook_secret"]
+    assert first_secret
+    # The secret is shown once; setting the URL again keeps it unless a new one is asked for.
+    status, body = await harness.api(
+        "PUT", path.format("mine"), token=mine, json={"webhook_url": "https://hooks.example/y"}
+    )
+    assert (status, body["webhook_secret"]) == (200, None)
+    status, body = await harness.api(
+        "PUT",
+        path.format("mine"),
+        token=mine,
+        json={"webhook_url": "https://hooks.example/y", "new_secret": True},
+    )
+    assert body["webhook_secret"] not in (None, first_secret)
+    status, body = await harness.api("PUT", path.format("theirs"), token=mine, json={})
+    assert status == 403
+    status, body = await harness.api("PUT", path.format("mine"), json={"webhook_url": "nope"})
+    assert status == 422
+    assert body["details"][0]["field"] == "webhook_url"
+    status, body = await harness.api("PUT", path.format("mine"), json={"email": "no-at-sign"})
+    assert status == 422
+    status, body = await harness.api("PUT", path.format("ghost"), json={})
+    assert status == 404

@@ -1,0 +1,126 @@
+"""A worker's AMQP queue, read on the worker's behalf for its HTTP and WebSocket channels.
+
+The dispatcher always publishes a worker's assignments to its queue, whatever channel the
+worker uses, so least load and priority are the dispatcher's as for every worker, and the
+queue's own priority order is the hand-out order. Every live channel is a consumer on that
+queue (a WebSocket session, a waiting long poll, an AMQP bot), which is also how the notifier
+tells a live worker from one to notify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from models.base import utcnow
+from rabbitmq.topology import worker_queue_name
+from workmesh.services import leases
+
+
+@dataclass(frozen=True)
+class Delivery:
+    kind: Literal["assignment", "cancel"]
+    body: dict[str, Any]  # for an assignment: the assignment plus ``leased_until``
+
+
+class Mailbox:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], lease: float) -> None:
+        self.sessions = sessions
+        self.lease = lease
+
+    async def open(self, channel: AbstractChannel, worker_id: str) -> AbstractQueue:
+        # Passive: the mesh declares worker queues; a worker's channel never makes one.
+        return await channel.declare_queue(worker_queue_name(worker_id), passive=True)
+
+    async def admit(
+        self, worker_id: str, message: AbstractIncomingMessage
+    ) -> tuple[Delivery | None, datetime | None]:
+        """What the message means for the worker now, leasing an assignment to it.
+
+        Returns (None, None) for a message that is no longer true (the caller acknowledges and
+        drops it), and the lease's end for an assignment. Commits before returning, so the
+        caller acknowledges after the lease is on record.
+        """
+        try:
+            body = json.loads(message.body)
+        except ValueError:
+            return None, None
+        if not isinstance(body, dict) or not isinstance(body.get("task_id"), str):
+            return None, None
+        if message.type == "cancel":
+            return Delivery("cancel", {"task_id": body["task_id"]}), None
+        until = utcnow() + timedelta(seconds=self.lease)
+        for _ in range(3):
+            try:
+                async with self.sessions() as session, session.begin():
+                    task = await leases.hand_out(
+                        session, body["task_id"], worker_id, until, bool(message.redelivered)
+                    )
+                break
+            except StaleDataError:
+                continue  # the dispatcher or the API changed it meanwhile: read it again
+        else:
+            return None, None
+        if task is None:
+            return None, None
+        return Delivery("assignment", {**body, "leased_until": until.isoformat()}), until
+
+    async def take(
+        self, channel: AbstractChannel, worker_id: str, limit: int, wait: float
+    ) -> list[Delivery]:
+        """Up to ``limit`` deliveries, waiting at most ``wait`` seconds for the first one.
+
+        Everything returned is acknowledged to RabbitMQ (an HTTP answer cannot be taken back);
+        an assignment's lease covers it from here.
+        """
+        queue = await self.open(channel, worker_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        out: list[Delivery] = []
+        while len(out) < limit:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                if out or loop.time() >= deadline:
+                    break
+                message = await self._next(channel, queue, deadline - loop.time())
+                if message is None:
+                    break
+            delivery, _ = await self.admit(worker_id, message)
+            await message.ack()
+            if delivery is not None:
+                out.append(delivery)
+        return out
+
+    async def _next(
+        self, channel: AbstractChannel, queue: AbstractQueue, within: float
+    ) -> AbstractIncomingMessage | None:
+        """Wait for one message as a consumer (a waiting long poll is a live channel).
+
+        A message that arrives after the wait is over stays unacknowledged and goes back to the
+        queue when the caller closes the channel.
+        """
+        await channel.set_qos(prefetch_count=1)
+        arrived: asyncio.Future[AbstractIncomingMessage] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            if not arrived.done():
+                arrived.set_result(message)
+
+        tag = await queue.consume(on_message)
+        try:
+            return await asyncio.wait_for(asyncio.shield(arrived), within)
+        except TimeoutError:
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)

@@ -1,0 +1,89 @@
+"""The worker channels as one part of the api role: its AMQP connection, the mailbox that
+hands out assignments, the notifier, and their routes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, cast
+
+import aio_pika
+import aiohttp
+from aio_pika.abc import AbstractRobustConnection
+from aiohttp import web
+from faststream.middlewares import AckPolicy
+from faststream.rabbit import RabbitQueue
+
+from rabbitmq.topology import NOTIFY
+from workmesh.capabilities import MeshContext
+from workmesh.channels.mailbox import Delivery, Mailbox
+from workmesh.channels.notify import Notifier
+from workmesh.channels.routes import CHANNELS, routes
+from workmesh.settings import Settings
+
+if TYPE_CHECKING:
+    from faststream.rabbit.schemas.queue import ClassicQueueArgs
+
+
+class WorkerChannels:
+    name = "channels"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ready = asyncio.Event()
+        self._connection: AbstractRobustConnection | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._mailbox: Mailbox | None = None
+        self._notifier: Notifier | None = None
+
+    def attach(self, mesh: MeshContext, app: web.Application) -> None:
+        self._sessions = mesh.sessions
+        app[CHANNELS] = self
+        app.add_routes(routes)
+
+        @mesh.broker.subscriber(
+            # Declared and bound with the rest of the topology (rabbitmq/topology.py).
+            RabbitQueue(
+                NOTIFY.name,
+                durable=True,
+                arguments=cast("ClassicQueueArgs", NOTIFY.arguments),
+                declare=False,
+            ),
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+        )
+        async def on_assigned(body: dict[str, Any]) -> None:
+            await self._ready.wait()
+            assert self._notifier is not None
+            await self._notifier.on_assigned(str(body["task_id"]), str(body["worker_id"]))
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect_robust(self.settings.amqp.url)
+        self._http = aiohttp.ClientSession()
+        self._mailbox = Mailbox(self._sessions, self.settings.channels.lease)
+        self._notifier = Notifier(
+            self.settings.channels, self._sessions, self._connection, self._http
+        )
+        self._ready.set()
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        if self._connection is not None:
+            await self._connection.close()
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        assert self._connection is not None, "the channels have not started"
+        return self._connection
+
+    @property
+    def mailbox(self) -> Mailbox:
+        assert self._mailbox is not None, "the channels have not started"
+        return self._mailbox
+
+    async def take(self, worker_id: str, limit: int, wait: float) -> list[Delivery]:
+        channel = await self.connection.channel()
+        try:
+            return await self.mailbox.take(channel, worker_id, limit, wait)
+        finally:
+            # Anything a consumer got after the wait was over goes back to the queue here.
+            await channel.close()

@@ -1,0 +1,206 @@
+"""One worker's WebSocket session: assignments pushed as they are made; status changes and
+heartbeats sent back on the same socket.
+
+The session is a consumer on the worker's queue that keeps each assignment unacknowledged in
+RabbitMQ until the worker says what it did with it. So a dropped socket loses nothing: RabbitMQ
+takes the unconfirmed assignments back into the worker's queue, and the next session (or long
+poll, or bot) gets them again. An assignment the worker sits on past its lease is withdrawn
+here and returned to the task queue by the dispatcher.
+
+Messages, all JSON objects with a ``type`` (docs/channels.md has the whole protocol):
+client → mesh: ``hello`` {token} (when no Authorization header could be sent, as in browsers),
+``status`` {task_id, status, result?, error?}, ``heartbeat``;
+mesh → client: ``welcome``, ``assignment``, ``cancel``, ``withdrawn``, ``status``, ``queue``,
+``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aiohttp import web
+from pydantic import ValidationError
+
+from models.base import utcnow
+from rabbitmq.topology import INTAKE_QUEUE
+from schemas.tasks import StatusChange, TaskView
+from workmesh.api.common import SESSIONS, SETTINGS, ApiError
+from workmesh.api.tasks import apply_status_change
+from workmesh.channels.mailbox import Mailbox
+from workmesh.security import Role
+from workmesh.services import workers
+from workmesh.services.tokens import authenticate
+
+log = logging.getLogger(__name__)
+
+HELLO_WITHIN = 10.0  # seconds a socket may stay open without saying who it is
+CHORES_EVERY = 1.0  # seconds between lease checks and queue-depth looks
+
+
+@dataclass
+class Held:
+    message: AbstractIncomingMessage
+    until: datetime
+
+
+class WorkerSession:
+    def __init__(
+        self,
+        socket: web.WebSocketResponse,
+        app: web.Application,
+        connection: AbstractRobustConnection,
+        mailbox: Mailbox,
+        worker_id: str,
+        token: str,
+    ) -> None:
+        self.socket = socket
+        self.app = app
+        self.connection = connection
+        self.mailbox = mailbox
+        self.worker_id = worker_id
+        self.token = token
+        self.held: dict[str, Held] = {}
+        self._sending = asyncio.Lock()
+
+    async def run(self) -> None:
+        channel = await self.connection.channel()
+        try:
+            capacity = await self._capacity()
+            # Room for every task the worker may hold, and one more for a cancel notice.
+            await channel.set_qos(prefetch_count=capacity + 1)
+            queue = await self.mailbox.open(channel, self.worker_id)
+            await self.send({"type": "welcome", "worker_id": self.worker_id})
+            await queue.consume(self._on_message)
+            chores = asyncio.create_task(self._chores(channel))
+            try:
+                async for frame in self.socket:
+                    if frame.type is aiohttp.WSMsgType.TEXT:
+                        await self._on_frame(frame.data)
+            finally:
+                chores.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chores
+        finally:
+            # Closing the channel hands every unconfirmed assignment back to the worker's queue.
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def send(self, body: dict[str, Any]) -> None:
+        async with self._sending:
+            if not self.socket.closed:
+                await self.socket.send_str(json.dumps(body, default=str))
+
+    async def _capacity(self) -> int:
+        async with self.app[SESSIONS]() as session:
+            views = await workers.worker_views(session, self.worker_id)
+        return views[0].capacity if views else 1
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        delivery, until = await self.mailbox.admit(self.worker_id, message)
+        if delivery is None:
+            await message.ack()  # no longer true: another worker has it, or it ended
+            return
+        task_id = str(delivery.body["task_id"])
+        if delivery.kind == "cancel":
+            await message.ack()
+            held = self.held.pop(task_id, None)
+            if held is not None:
+                await held.message.ack()
+            await self.send({"type": "cancel", "task_id": task_id})
+            return
+        assert until is not None
+        self.held[task_id] = Held(message, until)
+        await self.send({"type": "assignment", **delivery.body})
+
+    async def _on_frame(self, data: str) -> None:
+        try:
+            frame = json.loads(data)
+        except ValueError:
+            await self.send({"type": "error", "error": "a message must be a JSON object"})
+            return
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "status":
+            await self._on_status(frame)
+        elif kind == "heartbeat":
+            async with self.app[SESSIONS]() as session, session.begin():
+                await workers.record_heartbeat(session, self.worker_id)
+        else:
+            await self.send(
+                {"type": "error", "error": f"unknown message type {kind!r}; use status, heartbeat"}
+            )
+
+    async def _on_status(self, frame: dict[str, Any]) -> None:
+        task_id = frame.get("task_id")
+        try:
+            change = StatusChange.model_validate(
+                {k: v for k, v in frame.items() if k not in ("type", "task_id")}
+            )
+        except ValidationError as error:
+            reason = "; ".join(e["msg"] for e in error.errors())
+            await self.send({"type": "error", "task_id": task_id, "error": reason})
+            return
+        if not isinstance(task_id, str):
+            await self.send({"type": "error", "error": "a status message needs a task_id"})
+            return
+        try:
+            task = await apply_status_change(self.app, task_id, self.worker_id, self.token, change)
+        except ApiError as error:
+            if error.status in (403, 404):
+                await self._settle(task_id)  # not this worker's any more: let the message go
+            await self.send(
+                {"type": "error", "task_id": task_id, "status": error.status, "error": error.reason}
+            )
+            return
+        await self._settle(task_id)
+        view = TaskView.model_validate(task).model_dump(mode="json")
+        await self.send({"type": "status", "task": view})
+
+    async def _settle(self, task_id: str) -> None:
+        held = self.held.pop(task_id, None)
+        if held is not None:
+            await held.message.ack()
+
+    async def _chores(self, channel: AbstractChannel) -> None:
+        """Withdraw assignments whose lease ran out; tell the worker how long the queue is."""
+        last_depth: int | None = None
+        while True:
+            now = utcnow()
+            for task_id, held in list(self.held.items()):
+                if held.until <= now:
+                    await self._settle(task_id)
+                    await self.send(
+                        {"type": "withdrawn", "task_id": task_id, "reason": "lease expired"}
+                    )
+            intake = await channel.declare_queue(INTAKE_QUEUE, passive=True)
+            depth = int(intake.declaration_result.message_count or 0)
+            if depth != last_depth:
+                last_depth = depth
+                await self.send({"type": "queue", "waiting": depth})
+            await asyncio.sleep(CHORES_EVERY)
+
+
+async def identify(socket: web.WebSocketResponse, app: web.Application) -> tuple[str, str] | None:
+    """Read the ``hello`` that names the worker by its token; None (socket closed) if none."""
+    try:
+        frame = await socket.receive_json(timeout=HELLO_WITHIN)
+    except (TimeoutError, ValueError, TypeError):
+        await socket.close(code=4401, message=b"send {'type': 'hello', 'token': ...} first")
+        return None
+    token = frame.get("token") if isinstance(frame, dict) else None
+    if not isinstance(token, str) or frame.get("type") != "hello":
+        await socket.close(code=4401, message=b"the first message must be a hello with a token")
+        return None
+    async with app[SESSIONS]() as session:
+        who = await authenticate(session, token, app[SETTINGS].security.admin_token)
+    if who is None or who.role is not Role.WORKER:
+        await socket.close(code=4403, message=b"unknown token, or not a worker's token")
+        return None
+    return who.name, token
