@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aio_pika.abc import AbstractChannel
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +21,10 @@ from workmesh.services import assignments, leases
 from workmesh.settings import ScalingPolicyName, parse_thresholds
 
 log = logging.getLogger(__name__)
+
+# How long the reconciliation trusts a task's report to be on its way after the change was
+# committed (the API publishes it right after its commit).
+REPORT_GRACE = timedelta(seconds=2)
 
 
 def scaling_policy(state: LeaderState) -> ScalingPolicy:
@@ -180,6 +184,8 @@ class PoolReview:
         pool = self.state.pool
         truth: dict[str, str] = dict(await assignments.tasks_on_workers(session))
         stale = set(pool.task_worker) - set(truth)
+        # A change committed a moment ago has its report on the way: leave it to the report.
+        stale -= await assignments.changed_since(session, stale, utcnow() - REPORT_GRACE)
         for task_id in stale:
             pool.release(task_id, now)
         for task_id, worker_id in truth.items():

@@ -58,6 +58,14 @@ async def tasks_on_workers(session: AsyncSession) -> list[tuple[str, str]]:
     return [(task_id, worker_id) for task_id, worker_id in rows.all() if worker_id]
 
 
+async def changed_since(session: AsyncSession, ids: set[str], since: datetime) -> set[str]:
+    """Which of these tasks were changed after ``since``."""
+    if not ids:
+        return set()
+    rows = await session.scalars(select(Task.id).where(Task.id.in_(ids), Task.updated_at > since))
+    return set(rows)
+
+
 async def producer_token_names(session: AsyncSession) -> dict[str, str]:
     """token hash → token name, for the tokens that may submit tasks."""
     rows = await session.execute(select(ApiToken.token_hash, ApiToken.name))
