@@ -152,10 +152,10 @@ class LeaderCycle:
     async def _wait(
         self, has_room: bool, linger: float | None = None, on_reports: bool = True
     ) -> None:
-        if self._failure is not None:
-            return
         """Until a report arrives, the pool changes, (with room) a task arrives, or the
         linger passes."""
+        if self._failure is not None:
+            return
         state = self.state
         state.room.clear()
         if not has_room and state.pool.free_capacity() > 0:
