@@ -198,6 +198,24 @@ async def test_websocket_pushes_assignments_and_takes_status_changes(harness: Ha
     await ws.close()
 
 
+async def test_websocket_hands_out_waiting_assignments_by_priority(harness: Harness) -> None:
+    await harness.start()
+    token = await harness.add_worker("later", capacity=4)
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+    await harness.wait_online("later")
+    ids = {await submit(harness, priority=p): p for p in (2, 8, 0, 5)}
+
+    async def all_assigned() -> bool:
+        _, body = await harness.api("GET", "/api/v1/tasks?status=assigned")
+        return len(body["tasks"]) == len(ids)
+
+    await eventually(all_assigned, message="every task assigned while no channel is open")
+    ws = await WsWorker(harness, token).connect()
+    await eventually(lambda: len(ws.of("assignment")) == 4, message="four assignments pushed")
+    assert [a["priority"] for a in ws.of("assignment")] == [8, 5, 2, 0]
+    await ws.close()
+
+
 async def test_a_dropped_socket_loses_nothing(harness: Harness) -> None:
     await harness.start()
     token = await harness.add_worker("flaky", capacity=1)

@@ -78,16 +78,23 @@ class WorkerSession:
             await channel.set_qos(prefetch_count=capacity + 1)
             queue = await self.mailbox.open(channel, self.worker_id)
             await self.send({"type": "welcome", "worker_id": self.worker_id})
-            await queue.consume(self._on_message)
-            chores = asyncio.create_task(self._chores(channel))
+            # RabbitMQ delivers in priority order; the inbox keeps that order through the
+            # database check each delivery needs (callbacks would run side by side).
+            inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            await queue.consume(inbox.put)
+            helpers = [
+                asyncio.create_task(self._deliver(inbox)),
+                asyncio.create_task(self._chores(channel)),
+            ]
             try:
                 async for frame in self.socket:
                     if frame.type is aiohttp.WSMsgType.TEXT:
                         await self._on_frame(frame.data)
             finally:
-                chores.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await chores
+                for helper in helpers:
+                    helper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await helper
         finally:
             # Closing the channel hands every unconfirmed assignment back to the worker's queue.
             with contextlib.suppress(Exception):
@@ -102,6 +109,17 @@ class WorkerSession:
         async with self.app[SESSIONS]() as session:
             views = await workers.worker_views(session, self.worker_id)
         return views[0].capacity if views else 1
+
+    async def _deliver(self, inbox: asyncio.Queue[AbstractIncomingMessage]) -> None:
+        while True:
+            try:
+                await self._on_message(await inbox.get())
+            except Exception:
+                # The database or RabbitMQ failed under us: end the session, so that RabbitMQ
+                # takes back what it holds and the worker reconnects to a fresh one.
+                log.exception("worker %s: a delivery failed; closing its socket", self.worker_id)
+                await self.socket.close(code=1011, message=b"internal error; reconnect")
+                return
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         delivery, until = await self.mailbox.admit(self.worker_id, message)
