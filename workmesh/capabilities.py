@@ -51,7 +51,13 @@ def _registry() -> dict[str, Callable[[], Capability]]:
 
     The imports stay inside the factories so ``workmesh --help`` builds nothing.
     """
-    return {}
+
+    def bitrix24() -> Capability:
+        from workmesh.bitrix24 import Bitrix24Capability, Bitrix24Settings
+
+        return Bitrix24Capability(Bitrix24Settings())
+
+    return {"bitrix24": bitrix24}
 
 
 def capability_names() -> list[str]:

@@ -1,0 +1,1 @@
+"""Outbound HTTP clients of the mesh (one package per external service)."""
