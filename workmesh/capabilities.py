@@ -57,7 +57,13 @@ def _registry() -> dict[str, Callable[[], Capability]]:
 
         return Bitrix24Capability(Bitrix24Settings())
 
-    return {"bitrix24": bitrix24}
+    def files() -> Capability:
+        from workmesh.files.capability import FilesCapability
+        from workmesh.files.settings import FilesSettings
+
+        return FilesCapability(FilesSettings())
+
+    return {"bitrix24": bitrix24, "files": files}
 
 
 def capability_names() -> list[str]:

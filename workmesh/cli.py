@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="tasks by status, workers and queue depth")
     stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
     stats.set_defaults(func=_stats)
+
+    from workmesh.files.cli import add_commands as add_files_commands
+
+    add_files_commands(commands)
     return parser
 
 
