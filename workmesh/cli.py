@@ -103,13 +103,32 @@ def build_parser() -> argparse.ArgumentParser:
     add.set_defaults(func=_worker_add)
     listing = worker_commands.add_parser("list", help="list workers with their load")
     listing.set_defaults(func=_worker_list)
+    rotate = worker_commands.add_parser(
+        "token",
+        help="give a worker a new token; prints it once",
+        description="Replace a worker's token (a leaked one, or routine rotation). The old "
+        "token stops working over HTTP at once and over AMQP within a dispatcher review; open "
+        "WebSocket sessions keep going until they close.",
+    )
+    rotate.add_argument("id", help="the worker's id")
+    rotate.set_defaults(func=_worker_token)
 
-    token = commands.add_parser("token", help="make API tokens for producers and admins")
+    token = commands.add_parser("token", help="make, list and revoke producer and admin tokens")
     token_commands = token.add_subparsers(required=True, metavar="ACTION")
     token_add = token_commands.add_parser("add", help="make a token; prints it once")
     token_add.add_argument("name", help="a name to recognise the token by")
     token_add.add_argument("--role", choices=["producer", "admin"], default="producer")
     token_add.set_defaults(func=_token_add)
+    token_list = token_commands.add_parser("list", help="list tokens by name and role")
+    token_list.set_defaults(func=_token_list)
+    revoke = token_commands.add_parser(
+        "revoke",
+        help="revoke a token by name",
+        description="Revoke a producer or admin token. It stops working over HTTP at once and "
+        "over AMQP within a dispatcher review (WORKMESH_DISPATCH_REVIEW_INTERVAL).",
+    )
+    revoke.add_argument("name", help="the token's name (as given to 'token add')")
+    revoke.set_defaults(func=_token_revoke)
 
     submit = commands.add_parser(
         "submit",
@@ -224,6 +243,53 @@ def _worker_list(settings: Settings, args: argparse.Namespace) -> int:
             str(v.last_heartbeat_at or "never"),
         )
     Console().print(table)
+    return 0
+
+
+def _worker_token(settings: Settings, args: argparse.Namespace) -> int:
+    from workmesh.services.workers import UnknownWorker, replace_worker_token
+
+    async def rotate() -> str:
+        async with _session(settings) as session, session.begin():
+            try:
+                return await replace_worker_token(session, args.id)
+            except UnknownWorker as error:
+                raise CliError(str(error)) from None
+
+    print(json.dumps({"id": args.id, "token": asyncio.run(rotate())}))
+    print("keep the token: it is shown only now; the old one no longer works", file=sys.stderr)
+    return 0
+
+
+def _token_list(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from workmesh.services.tokens import api_tokens
+
+    async def listing() -> list[tuple[str, str, str]]:
+        async with _session(settings) as session:
+            return [(t.name, t.role, str(t.created_at)) for t in await api_tokens(session)]
+
+    table = Table("name", "role", "created")
+    for row in asyncio.run(listing()):
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
+def _token_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from workmesh.services.tokens import UnknownToken, revoke_api_token
+
+    async def revoke() -> None:
+        async with _session(settings) as session, session.begin():
+            try:
+                await revoke_api_token(session, args.name)
+            except UnknownToken as error:
+                raise CliError(str(error)) from None
+
+    asyncio.run(revoke())
+    print(f"revoked {args.name!r}", file=sys.stderr)
     return 0
 
 

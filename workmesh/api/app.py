@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from workmesh.api import tasks, workers
+from workmesh.api import tasks, tokens, workers
 from workmesh.api.bus import BUS, ApiBus
 from workmesh.api.common import METRICS, SESSIONS, SETTINGS, errors_and_auth
 from workmesh.metrics import Metrics
@@ -32,6 +32,7 @@ def build_app(
         app[BUS] = bus
         app.add_routes(tasks.routes)
         app.add_routes(workers.routes)
+        app.add_routes(tokens.routes)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     return app

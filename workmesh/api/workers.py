@@ -42,6 +42,20 @@ async def add_worker(request: web.Request) -> web.Response:
     )
 
 
+@routes.post("/api/v1/workers/{worker_id}/token")
+async def replace_token(request: web.Request) -> web.Response:
+    principal(request, Role.ADMIN)
+    worker_id = request.match_info["worker_id"]
+    async with request.app[SESSIONS]() as session, session.begin():
+        try:
+            token = await workers.replace_worker_token(session, worker_id)
+        except workers.UnknownWorker as error:
+            raise ApiError(404, str(error)) from None
+    return json_response(
+        {"id": worker_id, "token": token, "note": "the token is shown once; the old one is void"}
+    )
+
+
 @routes.get("/api/v1/workers")
 async def list_workers(request: web.Request) -> web.Response:
     principal(request)

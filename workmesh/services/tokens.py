@@ -20,6 +20,10 @@ class TokenNameTaken(ValueError):
     pass
 
 
+class UnknownToken(LookupError):
+    pass
+
+
 async def create_api_token(session: AsyncSession, name: str, role: Role) -> str:
     """Store a new token's hash and return the token itself, which is never stored."""
     if role is Role.WORKER:
@@ -29,6 +33,20 @@ async def create_api_token(session: AsyncSession, name: str, role: Role) -> str:
     token = new_token()
     session.add(ApiToken(name=name, role=role.value, token_hash=hash_token(token)))
     return token
+
+
+async def api_tokens(session: AsyncSession) -> list[ApiToken]:
+    """The producer and admin tokens by name (their hashes, never the tokens)."""
+    return list((await session.scalars(select(ApiToken).order_by(ApiToken.name))).all())
+
+
+async def revoke_api_token(session: AsyncSession, name: str) -> None:
+    """Forget a token: over HTTP it stops working at once; over AMQP at the dispatcher
+    leader's next review, which re-reads the token table."""
+    token = await session.get(ApiToken, name)
+    if token is None:
+        raise UnknownToken(f"no token named {name!r}")
+    await session.delete(token)
 
 
 async def authenticate(

@@ -38,6 +38,17 @@ async def create_worker(session: AsyncSession, spec: WorkerCreate) -> str:
     return token
 
 
+async def replace_worker_token(session: AsyncSession, worker_id: str) -> str:
+    """A new token for the worker, shown once; the old one stops working (over HTTP at once,
+    over AMQP at the dispatcher leader's next review)."""
+    worker = await session.get(Worker, worker_id)
+    if worker is None:
+        raise UnknownWorker(f"unknown worker {worker_id!r}")
+    token = new_token()
+    worker.token_hash = hash_token(token)
+    return token
+
+
 async def record_authenticated_heartbeat(
     session: AsyncSession, worker_id: str, token: object
 ) -> None:
