@@ -196,7 +196,11 @@ async def test_a_worker_over_http_only(harness: Harness) -> None:
 
 
 async def test_http_worker_fails_and_rejects_and_load_is_reconciled(harness: Harness) -> None:
-    await harness.start(max_attempts=2, retry_delays=[0.2], reconcile_interval=0.3)
+    # hw beats once: a long heartbeat timeout keeps it online for the whole test (its subject
+    # is reconciliation, which waits out the 2 s report grace, not liveness).
+    await harness.start(
+        max_attempts=2, retry_delays=[0.2], reconcile_interval=0.3, heartbeat_timeout=60.0
+    )
     token = await harness.add_worker("hw", capacity=1)
     await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
     await harness.wait_online("hw")

@@ -177,4 +177,14 @@ class LeaderCycle:
                 # The consumer is cancelled while the turn goes on; a message it still
                 # delivers before the cancel lands is kept for the next turn.
                 self._woken_by_doorbell = self.intake.doorbell.is_set()
-                self._stopping_doorbell = asyncio.ensure_future(self.intake.stop_listening(tag))
+                stopping = asyncio.ensure_future(self.intake.stop_listening(tag))
+                stopping.add_done_callback(_seen)
+                self._stopping_doorbell = stopping
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    """Mark a failure as retrieved: the next wait awaits the future and raises it, but a cycle
+    that ends first (its connection gone, at shutdown) would leave it to be logged as never
+    retrieved, though the lost connection is already what ends the leader's term."""
+    if not future.cancelled():
+        future.exception()
