@@ -121,6 +121,32 @@ async def test_a_live_websocket_means_no_notification(harness: Harness, receiver
     await ws.close()
 
 
+async def test_a_worker_whose_socket_closed_is_notified_again(
+    harness: Harness, receiver: Receiver
+) -> None:
+    # The notifier asks RabbitMQ afresh for each assignment whether the worker is live
+    await harness.start()
+    token = await harness.add_worker("hybrid")
+    await notify_by_webhook(harness, "hybrid", token, receiver)
+    ws = await WsWorker(harness, token).connect()
+    await ws.send({"type": "heartbeat"})
+    await harness.wait_online("hybrid")
+    first = await submit(harness)
+    await eventually(lambda: len(ws.of("assignment")) == 1, message="pushed over the socket")
+    await ws.send({"type": "status", "task_id": first, "status": "done"})
+    await harness.wait_task(first, "done over the socket", status="done")
+    await ws.close()
+
+    # When the socket is gone (the worker stays online by HTTP heartbeats)
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+    second = await submit(harness)
+
+    # Then its next assignment is notified by webhook; the first never was
+    await eventually(lambda: len(receiver.calls) >= 1, message="webhook after the socket closed")
+    notified = [(n["worker_id"], n["task"]["task_id"]) for n in receiver.verified()]
+    assert notified == [("hybrid", second)]
+
+
 async def test_a_webhook_that_keeps_failing_is_dead_lettered_with_the_reason(
     harness: Harness, receiver: Receiver
 ) -> None:

@@ -95,7 +95,11 @@ class Notifier:
         if self._channel is None or self._channel.is_closed:
             self._channel = await self.connection.channel()
         try:
-            queue = await self._channel.declare_queue(worker_queue_name(worker_id), passive=True)
+            # robust=False: a robust channel would answer from its cache of the first declare,
+            # and a worker that was live once would stay "live" for this channel's life.
+            queue = await self._channel.declare_queue(
+                worker_queue_name(worker_id), passive=True, robust=False
+            )
         except ChannelNotFoundEntity:
             self._channel = None  # a failed passive declare closes the channel
             return False

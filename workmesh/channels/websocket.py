@@ -197,7 +197,9 @@ class WorkerSession:
                     await self.send(
                         {"type": "withdrawn", "task_id": task_id, "reason": "lease expired"}
                     )
-            intake = await channel.declare_queue(INTAKE_QUEUE, passive=True)
+            # robust=False: a robust channel answers a repeated passive declare from its cache,
+            # which would freeze the count at its first value.
+            intake = await channel.declare_queue(INTAKE_QUEUE, passive=True, robust=False)
             depth = int(intake.declaration_result.message_count or 0)
             if depth != last_depth:
                 last_depth = depth
