@@ -10,6 +10,8 @@ step "installing into .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test,bench]"
+# The browser tests (tests/web/) drive Debian's Chromium; Playwright never downloads one.
+[ -x /usr/bin/chromium ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 ensure_rabbitmq
 ensure_postgres

@@ -19,6 +19,7 @@ from workmesh.channels.mailbox import Delivery, Mailbox
 from workmesh.channels.notify import Notifier
 from workmesh.channels.routes import CHANNELS, routes
 from workmesh.settings import Settings
+from workmesh.web import attach_web
 
 if TYPE_CHECKING:
     from faststream.rabbit.schemas.queue import ClassicQueueArgs
@@ -39,6 +40,7 @@ class WorkerChannels:
         self._sessions = mesh.sessions
         app[CHANNELS] = self
         app.add_routes(routes)
+        attach_web(mesh, app)  # the pages for people and operators (docs/web.md)
 
         @mesh.broker.subscriber(
             # Declared and bound with the rest of the topology (rabbitmq/topology.py).
