@@ -70,8 +70,12 @@ class Notifier:
         Raises Unprocessable (→ a dead letter with the reason) when a notification could not be
         delivered after every try.
         """
+        # Live first: it is the common case (bots consuming their queue) and costs one AMQP
+        # round trip, where the notice costs a database read on every assignment.
+        if await self.is_live(worker_id):
+            return
         notice = await self._notice(task_id, worker_id)
-        if notice is None or await self.is_live(worker_id):
+        if notice is None:
             return
         failures: list[str] = []
         if notice.worker.email:
