@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import aiosmtplib
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -62,7 +62,7 @@ class Notifier:
         self.sessions = sessions
         self.connection = connection
         self.http = http
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
 
     async def on_assigned(self, task_id: str, worker_id: str) -> None:
         """Notify the worker of an assignment, unless a channel of its is live.

@@ -25,7 +25,11 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -186,7 +190,7 @@ class WorkerSession:
         if held is not None:
             await held.message.ack()
 
-    async def _chores(self, channel: AbstractChannel) -> None:
+    async def _chores(self, channel: AbstractRobustChannel) -> None:
         """Withdraw assignments whose lease ran out; tell the worker how long the queue is."""
         last_depth: int | None = None
         while True:
