@@ -131,12 +131,32 @@ def test_every_app_image_service_has_a_healthcheck_or_is_the_one_shot_migrate() 
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
 
 
-def test_only_the_api_role_publishes_a_host_port() -> None:
+def test_only_the_roles_that_serve_people_publish_a_host_port_each_its_own() -> None:
     services = app_image_services(load_compose())
 
-    publishing = sorted(name for name, svc in services.items() if svc.get("ports"))
+    published = {
+        name: [str(port).rsplit(":", 1)[0] for port in svc["ports"]]
+        for name, svc in services.items()
+        if svc.get("ports")
+    }
 
-    assert publishing == ["api"]
+    # The dispatcher (replicated) and bitrix24 serve only /metrics, reached inside the network.
+    assert sorted(published) == ["api", "files", "stock"]
+    host_ports = [port for ports in published.values() for port in ports]
+    assert len(host_ports) == len(set(host_ports)), published
+    # The stock API changes the seller's stock: the seller's own machine only.
+    assert all(port.startswith("127.0.0.1:") for port in published["stock"])
+
+
+def test_every_capability_runs_as_a_role_of_its_own() -> None:
+    from workmesh.capabilities import capability_names
+
+    services = app_image_services(load_compose())
+    for name in capability_names():
+        assert services[name]["command"] == ["run", "--role", name, "--no-migrate"], name
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        ), name
 
 
 def test_app_settings_come_from_the_environment_with_a_required_admin_token() -> None:
@@ -170,7 +190,7 @@ def test_compose_default_amqp_password_logs_in_as_the_workmesh_user() -> None:
     assert hashlib.sha256(salt + password.encode()).digest() == digest
 
 
-def test_prometheus_scrapes_api_every_dispatcher_replica_and_rabbitmq() -> None:
+def test_prometheus_scrapes_every_role_every_dispatcher_replica_and_rabbitmq() -> None:
     config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
 
     static_targets = {
@@ -188,6 +208,10 @@ def test_prometheus_scrapes_api_every_dispatcher_replica_and_rabbitmq() -> None:
 
     assert "api:8080" in static_targets
     assert ("dispatcher", "A", 8080) in dns_lookups
+    from workmesh.capabilities import capability_names
+
+    for name in capability_names():
+        assert f"{name}:8080" in static_targets, name
     assert "rabbitmq:15692" in static_targets
 
 

@@ -63,7 +63,13 @@ def _registry() -> dict[str, Callable[[], Capability]]:
 
         return FilesCapability(FilesSettings())
 
-    return {"bitrix24": bitrix24, "files": files}
+    def stock() -> Capability:
+        from workmesh.stock.capability import StockCapability
+        from workmesh.stock.settings import StockSettings
+
+        return StockCapability(StockSettings())
+
+    return {"bitrix24": bitrix24, "files": files, "stock": stock}
 
 
 def capability_names() -> list[str]:

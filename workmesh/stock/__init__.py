@@ -1,0 +1,1 @@
+"""Marketplace stock: pollers, the stock ledger, the stock pusher and their HTTP API."""
