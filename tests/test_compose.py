@@ -141,11 +141,25 @@ def test_only_the_roles_that_serve_people_publish_a_host_port_each_its_own() -> 
     }
 
     # The dispatcher (replicated) and bitrix24 serve only /metrics, reached inside the network.
-    assert sorted(published) == ["api", "files", "stock"]
+    assert sorted(published) == ["api", "files", "orders", "orders-b", "stock"]
     host_ports = [port for ports in published.values() for port in ports]
     assert len(host_ports) == len(set(host_ports)), published
-    # The stock API changes the seller's stock: the seller's own machine only.
-    assert all(port.startswith("127.0.0.1:") for port in published["stock"])
+    # The stock and orders APIs are the seller's own tools: the seller's machine only.
+    for name in ("stock", "orders", "orders-b"):
+        assert all(port.startswith("127.0.0.1:") for port in published[name]), name
+
+
+def test_the_two_order_sync_instances_point_at_each_other_with_their_own_databases() -> None:
+    services = app_image_services(load_compose())
+    a, b = services["orders"]["environment"], services["orders-b"]["environment"]
+
+    assert (a["WORKMESH_ORDERS_INSTANCE"], b["WORKMESH_ORDERS_INSTANCE"]) == ("A", "B")
+    assert a["WORKMESH_ORDERS_PEER_URL"] == "http://orders-b:8080"
+    assert b["WORKMESH_ORDERS_PEER_URL"] == "http://orders:8080"
+    assert "@postgres:" in a["WORKMESH_DATABASE_URL"]
+    assert "@postgres-b:" in b["WORKMESH_DATABASE_URL"]
+    # B migrates its own database (the migrate service knows only A's)
+    assert services["orders-b"]["command"] == ["run", "--role", "orders"]
 
 
 def test_every_capability_runs_as_a_role_of_its_own() -> None:

@@ -69,7 +69,13 @@ def _registry() -> dict[str, Callable[[], Capability]]:
 
         return StockCapability(StockSettings())
 
-    return {"bitrix24": bitrix24, "files": files, "stock": stock}
+    def orders() -> Capability:
+        from workmesh.orders.capability import OrdersCapability
+        from workmesh.orders.settings import OrdersSettings
+
+        return OrdersCapability(OrdersSettings())
+
+    return {"bitrix24": bitrix24, "files": files, "orders": orders, "stock": stock}
 
 
 def capability_names() -> list[str]:

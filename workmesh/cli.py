@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     from workmesh.files.cli import add_commands as add_files_commands
 
     add_files_commands(commands)
+    from workmesh.orders.cli import add_commands as add_orders_commands
+
+    add_orders_commands(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Orders and their two-way sync with a peer instance (docs/sync.md)."""

@@ -1,0 +1,89 @@
+"""The peer's Orders API, as this instance's sync uses it: PUT a snapshot, GET a page of the
+list. Connection errors, timeouts and 5xx are retried a few times (tenacity); anything else
+is a ``PeerError`` at once. Whatever fails stays in the outbox for the resend sweep."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from schemas.orders import OrderOut, Snapshot
+
+PREFIX = "/api/v1/orders"
+
+
+class PeerError(Exception):
+    """The peer did not take the request; the text says why."""
+
+
+class _Retryable(PeerError):
+    pass
+
+
+class Peer:
+    def __init__(self, url: str, token: str, *, attempts: int = 3, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self._token = token
+        self._attempts = attempts
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                headers={"Authorization": f"Bearer {self._token}"},
+                # No keep-alive pool of dead sockets after the peer restarts.
+                connector=aiohttp.TCPConnector(limit=64, force_close=False),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            retry=retry_if_exception_type(_Retryable),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    async with self._http().request(method, self.url + path, **kwargs) as resp:
+                        text = await resp.text()
+                        if resp.status >= 500:
+                            raise _Retryable(f"{method} {path}: HTTP {resp.status}: {text[:300]}")
+                        if resp.status >= 400:
+                            raise PeerError(f"{method} {path}: HTTP {resp.status}: {text[:300]}")
+                        return await resp.json(content_type=None)
+                except (TimeoutError, aiohttp.ClientError) as error:
+                    raise _Retryable(f"{method} {path}: {type(error).__name__}: {error}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def put_snapshot(self, order_id: str, snap: Snapshot) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request(
+            "PUT", f"{PREFIX}/{order_id}/sync", data=snap.model_dump_json(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        return result
+
+    async def list_page(
+        self, since: datetime | None, cursor: str | None, limit: int
+    ) -> tuple[list[OrderOut], str | None]:
+        params: dict[str, str] = {"limit": str(limit)}
+        if since is not None:
+            params["updated_since"] = since.isoformat()
+        if cursor is not None:
+            params["cursor"] = cursor
+        body = await self._request("GET", PREFIX, params=params)
+        return [OrderOut.model_validate(o) for o in body["orders"]], body.get("next")
