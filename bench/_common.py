@@ -156,3 +156,33 @@ def add_vhost(name: str) -> None:
 
 def delete_vhost(name: str) -> None:
     rabbitmqctl("delete_vhost", name)
+
+
+# PostgreSQL for the benches that take --postgres: a fresh database per mesh, dropped after.
+PG_ADMIN_URL = os.environ.get("WORKMESH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_admin(statement: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await admin.execute(statement)
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def create_pg_database(name: str) -> str:
+    """Create database ``name``; returns its SQLAlchemy (asyncpg) URL."""
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{name}"
+
+
+def drop_pg_database(name: str) -> None:
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -34,9 +34,17 @@ ERROR_MARKERS = (" ERROR ", " CRITICAL ", "Traceback", " WARNING ")
 
 
 class MeshProcess:
-    """Set up a fresh mesh (SQLite in ``workdir``) and run it as a subprocess."""
+    """Set up a fresh mesh (SQLite in ``workdir``, or the empty database given) and run it as
+    a subprocess."""
 
-    def __init__(self, workdir: Path, amqp_url: str, workers: int, capacity: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        amqp_url: str,
+        workers: int,
+        capacity: int,
+        database_url: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.cli = str(Path(sys.executable).with_name("workmesh"))
         self.port = free_port()
@@ -44,7 +52,7 @@ class MeshProcess:
         self.env = dict(os.environ)
         self.env.update(
             WORKMESH_AMQP_URL=amqp_url,
-            WORKMESH_DATABASE_URL=f"sqlite+aiosqlite:///{workdir / 'wm.db'}",
+            WORKMESH_DATABASE_URL=database_url or f"sqlite+aiosqlite:///{workdir / 'wm.db'}",
             WORKMESH_HTTP_PORT=str(self.port),
             WORKMESH_ADMIN_TOKEN=self.admin_token,
             WORKMESH_DISPATCH_HEARTBEAT_TIMEOUT="30",

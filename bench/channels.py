@@ -1,7 +1,8 @@
 """Channels benchmark: the same workload through each worker channel — AMQP, WebSocket, long
 poll — printed side by side.
 
-For each channel a fresh mesh (``workmesh run``, SQLite, its own RabbitMQ vhost) gets the same
+For each channel a fresh mesh (``workmesh run``, SQLite or with ``--postgres`` a fresh PostgreSQL
+database, its own RabbitMQ vhost) gets the same
 workers (ids, capacities) taking tasks only through that channel and finishing each at once:
 
 - amqp: plain aio-pika bots (prefetch = capacity), ``task.done`` published with confirms;
@@ -14,6 +15,7 @@ worker), and latency at a fixed rate (submit stamp → received by a worker: p50
 
     .venv/bin/python bench/channels.py           # full run (~2 min)
     .venv/bin/python bench/channels.py --quick   # smoke run (~40 s)
+    .venv/bin/python bench/channels.py --postgres  # the mesh on PostgreSQL (127.0.0.1:5432)
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ from aio_pika.abc import AbstractIncomingMessage
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import add_vhost, delete_vhost
+from bench._common import (
+    add_vhost,
+    create_pg_database,
+    delete_vhost,
+    drop_pg_database,
+)
 from bench._workmesh import Api, Bot, MeshProcess, Producer
 
 ANCHOR = (
@@ -258,7 +265,9 @@ def run_channel(channel: str, args: argparse.Namespace, log: Callable[[str], Non
     add_vhost(vhost)
     url = f"amqp://guest:guest@{args.host}/{vhost}"
     workdir = Path(tempfile.mkdtemp(prefix=f"wm-bench-{channel}-"))
-    mesh = MeshProcess(workdir, url, args.workers, args.capacity)
+    database = f"bench_channels_{uuid.uuid4().hex[:8]}" if args.postgres else None
+    database_url = create_pg_database(database) if database else None
+    mesh = MeshProcess(workdir, url, args.workers, args.capacity, database_url)
     try:
         mesh.setup()
         mesh.start()
@@ -269,6 +278,8 @@ def run_channel(channel: str, args: argparse.Namespace, log: Callable[[str], Non
     finally:
         mesh.stop()
         delete_vhost(vhost)
+        if database:
+            drop_pg_database(database)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -285,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", type=int, default=8, help="capacity of each worker")
     parser.add_argument("--only", choices=CHANNELS, action="append", help="run these channels")
     parser.add_argument("--keep", action="store_true", help="keep the mesh's work directories")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="run each mesh on a fresh PostgreSQL database (WORKMESH_TEST_PG names the server)",
+    )
     args = parser.parse_args(argv)
     args.n, args.warmup = (300, 50) if args.quick else (2000, 200)
     args.rate, args.seconds = (50.0, 4.0) if args.quick else (100.0, 10.0)
@@ -298,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nworkmesh channels benchmark ({'quick' if args.quick else 'full'} run, "
         f"{time.monotonic() - started:.0f} s; {args.workers} workers x capacity "
         f"{args.capacity}; burst {args.n} tasks; latency at {args.rate:g}/s for "
-        f"{args.seconds:g} s)"
+        f"{args.seconds:g} s; {'PostgreSQL' if args.postgres else 'SQLite'})"
     )
     print(ANCHOR)
     print(

@@ -63,7 +63,8 @@ class Bitrix24Capability:
         self._broker, self._sessions = mesh.broker, mesh.sessions
         self._metrics = SyncMetrics(mesh.metrics.registry)
         if not self.settings.configured:
-            log.warning(
+            # Info, not a warning: a mesh without a portal is a normal set-up.
+            log.info(
                 "Bitrix24 is not configured (WORKMESH_BITRIX24_WEBHOOK_URL): reception events "
                 "wait in %s",
                 RECEPTIONS_QUEUE,
