@@ -73,6 +73,10 @@ class WorkerSession:
         self.token = token
         self.held: dict[str, Held] = {}
         self._sending = asyncio.Lock()
+        # Status frames are applied side by side (each waits for its own commit and report),
+        # one after another for the same task; ``_room`` bounds how many run at once.
+        self._applying: dict[str, asyncio.Task[None]] = {}
+        self._room = asyncio.Semaphore(1)
 
     async def run(self) -> None:
         channel = await self.connection.channel()
@@ -80,6 +84,7 @@ class WorkerSession:
             capacity = await self._capacity()
             # Room for every task the worker may hold, and one more for a cancel notice.
             await channel.set_qos(prefetch_count=capacity + 1)
+            self._room = asyncio.Semaphore(capacity + 1)
             queue = await self.mailbox.open(channel, self.worker_id)
             await self.send({"type": "welcome", "worker_id": self.worker_id})
             # RabbitMQ delivers in priority order; the inbox keeps that order through the
@@ -95,6 +100,8 @@ class WorkerSession:
                     if frame.type is aiohttp.WSMsgType.TEXT:
                         await self._on_frame(frame.data)
             finally:
+                # Status changes the worker sent before it went are applied, not dropped.
+                await asyncio.gather(*self._applying.values(), return_exceptions=True)
                 for helper in helpers:
                     helper.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -150,7 +157,12 @@ class WorkerSession:
             return
         kind = frame.get("type") if isinstance(frame, dict) else None
         if kind == "status":
-            await self._on_status(frame)
+            await self._room.acquire()  # past the bound, the socket is read no further
+            task_id = frame.get("task_id")
+            key = task_id if isinstance(task_id, str) else ""
+            applying = asyncio.create_task(self._apply(frame, self._applying.get(key)))
+            self._applying[key] = applying
+            applying.add_done_callback(lambda done: self._applied(key, done))
         elif kind == "heartbeat":
             async with self.app[SESSIONS]() as session, session.begin():
                 await workers.record_heartbeat(session, self.worker_id)
@@ -158,6 +170,24 @@ class WorkerSession:
             await self.send(
                 {"type": "error", "error": f"unknown message type {kind!r}; use status, heartbeat"}
             )
+
+    async def _apply(self, frame: dict[str, Any], before: asyncio.Task[None] | None) -> None:
+        try:
+            if before is not None:
+                with contextlib.suppress(Exception):
+                    await before  # the same task's earlier change first
+            await self._on_status(frame)
+        except Exception:
+            # The database or RabbitMQ failed under us: end the session (as a failed delivery
+            # does), so that RabbitMQ takes back what it holds and the worker reconnects.
+            log.exception("worker %s: a status change failed; closing its socket", self.worker_id)
+            await self.socket.close(code=1011, message=b"internal error; reconnect")
+        finally:
+            self._room.release()
+
+    def _applied(self, key: str, done: asyncio.Task[None]) -> None:
+        if self._applying.get(key) is done:
+            del self._applying[key]
 
     async def _on_status(self, frame: dict[str, Any]) -> None:
         task_id = frame.get("task_id")
