@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from clients.marketplaces.base import PushOutcome
 from models.stock import StockPushItem
 from schemas.stock import Marketplace, ProductIn
 from tests.conftest import eventually
@@ -22,7 +23,7 @@ from workmesh.settings import DatabaseSettings
 from workmesh.stock import cache
 from workmesh.stock.marketplaces import Marketplaces
 from workmesh.stock.metrics import StockMetrics
-from workmesh.stock.pusher import Pusher, RoundEnd
+from workmesh.stock.pusher import Pending, Pusher, RoundEnd
 from workmesh.stock.service import set_stock, upsert_product
 
 ALL = tuple(Marketplace)
@@ -190,6 +191,41 @@ async def test_a_change_while_its_push_is_in_flight_is_pushed_next(rig: Rig) -> 
         item = await session.get(StockPushItem, ("yandex", "sku-1"))
         assert item is not None
         assert (item.pending, item.pushed_value, item.pushed_version) == (False, 2, item.version)
+
+
+@pytest.mark.e2e
+async def test_an_answer_recorded_while_a_change_is_written_leaves_the_change_pending(
+    rig: Rig,
+) -> None:
+    # Given an item whose value v is in flight (pending, as the pusher read it)
+    await add_products(rig, 1)
+    await push_all(rig)
+    async with rig.sessions() as session, session.begin():
+        await set_stock(session, "sku-0", ALL, on_hand=4)
+    async with rig.sessions() as session:
+        sent = await session.get(StockPushItem, ("yandex", "sku-0"))
+    assert sent is not None
+    assert sent.pending
+    # When a change has read the item (still pending) and the answer about v is recorded
+    # before the change commits
+    in_flight = Pending("sku-0", sent.target, sent.version, "ym-0", 42)
+    async with rig.sessions() as change, change.begin():
+        await set_stock(change, "sku-0", [Marketplace.YANDEX], on_hand=3)
+        recording = asyncio.create_task(
+            rig.pusher.record(Marketplace.YANDEX, [([in_flight], PushOutcome(["sku-0"]))])
+        )
+        await asyncio.wait({recording}, timeout=1.0)
+        # PostgreSQL records at once (the change locks only the product's row); SQLite's one
+        # writer at a time makes the record wait for the change, so the race cannot happen.
+        assert recording.done() == (change.get_bind().dialect.name == "postgresql")
+    await recording
+    # Then the newer value is still pending: recording v's answer did not settle it
+    async with rig.sessions() as session:
+        item = await session.get(StockPushItem, ("yandex", "sku-0"))
+    assert item is not None
+    assert (item.pending, item.target, item.version) == (True, 3, sent.version + 1)
+    await push_all(rig)
+    assert rig.fake.stock["yandex"] == {"ym-0": 3}
 
 
 @pytest.mark.e2e

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import flag_modified
 
 from models.base import utcnow
 from models.stock import (
@@ -92,6 +93,10 @@ async def queue_pushes(
             )
         elif product.version > item.version:
             item.target, item.version, item.pending = product.available, product.version, True
+            # Written even when it was already pending as read: the pusher may record the
+            # answer about the previous version between our read and our write, and an
+            # UPDATE that left ``pending`` out would keep its False and strand this value.
+            flag_modified(item, "pending")
 
 
 def _bump(product: StockProduct, on_hand: int = 0, reserved: int = 0) -> None:
