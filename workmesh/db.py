@@ -34,11 +34,11 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         settings.url, echo=settings.echo, pool_pre_ping=False, connect_args=connect_args
     )
     if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the api and dispatcher processes read while the other writes; busy_timeout
     # makes a writer wait for the lock instead of failing at once.
     cursor = dbapi_connection.cursor()

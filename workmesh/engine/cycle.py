@@ -2,11 +2,12 @@
 
 Each turn takes every report that has arrived, works out how much room they free, pulls that
 many tasks off the intake queue (one basic.get each, so the rest wait in RabbitMQ in priority
-order), then in one database transaction applies the reports and assigns the tasks. Only
-after the commit are the assignments and follow-ups published (with confirms) and the
-messages acknowledged. Under load a turn gathers more, so the cost of a commit and of a round
-of confirms is shared by more tasks; when idle it waits for a report, for room, or for the
-doorbell (a prefetch-1 consumer on the intake queue) instead of polling.
+order), reads every task they name at once, plans, and writes all the changes in one
+transaction (workmesh/engine/store.py). Only after the commit are the assignments and
+follow-ups published (with confirms) and the messages acknowledged. Under load a turn gathers
+more, so the cost of a commit and of a round of confirms is shared by more tasks; when idle it
+waits for a report, for room, or for the doorbell (a prefetch-1 consumer on the intake queue)
+instead of polling.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import time
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from models.base import utcnow
 from workmesh.engine.intake import Intake, IntakePlan
 from workmesh.engine.reports import ReportApplier, ReportPlan
 from workmesh.engine.state import LeaderState, with_fresh_state
-from workmesh.services import task_rows
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,16 @@ class LeaderCycle:
         task_ids |= self.reports.wanted_rows(reports)
 
         async def plan() -> tuple[ReportPlan, IntakePlan]:
-            async with state.sessions() as session, session.begin():
-                # One look-up serves the whole turn, reports and new tasks alike.
-                known = await task_rows.rows_for(session, task_ids, keys)
-                report_plan = await self.reports.plan(session, reports, known)
-                self.reports.release(report_plan)
-                intake_plan = await self.intake.plan(session, tasks, known)
+            # One read serves the whole turn, reports and new tasks alike; one transaction
+            # writes what they changed. The plan in between runs here, on the loop.
+            await self.intake.know_submitters(tasks)
+            known = await state.store.read(task_ids, keys)
+            now = utcnow()
+            report_plan = self.reports.plan(reports, known)
+            self.reports.release(report_plan)
+            intake_plan = self.intake.plan(tasks, known, now)
+            changed = report_plan.changed | {row.id: row for row in intake_plan.changed}
+            await state.store.write(intake_plan.new_rows, list(changed.values()), now)
             return report_plan, intake_plan
 
         async with state.lock:

@@ -13,19 +13,18 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from models.base import utcnow
 from rabbitmq.topology import INTAKE_QUEUE, MAX_PRIORITY, TOKEN_HEADER
 from schemas.tasks import TaskSubmit
 from workmesh.dispatch.lifecycle import ASSIGNABLE, TaskStatus
 from workmesh.engine.publisher import gather_confirms
 from workmesh.engine.state import LeaderState
 from workmesh.security import ADMIN_BOOTSTRAP, hash_token, same_hash
-from workmesh.services import assignments, task_rows
+from workmesh.services import assignments
 from workmesh.services.task_rows import TaskRow
 
 log = logging.getLogger(__name__)
@@ -51,10 +50,12 @@ class IntakePlan:
     requeue: list[AbstractIncomingMessage] = field(default_factory=list)
     dead: list[tuple[AbstractIncomingMessage, str]] = field(default_factory=list)
     assigned: list[TaskRow] = field(default_factory=list)
+    new_rows: list[TaskRow] = field(default_factory=list)  # to insert
+    changed: list[TaskRow] = field(default_factory=list)  # to write
 
 
 class Intake:
-    """The intake queue's side of a leader cycle: take, plan (inside the cycle's transaction),
+    """The intake queue's side of a leader cycle: take, plan (between the turn's read and write),
     publish the assignments, settle the messages."""
 
     def __init__(self, state: LeaderState, queues: list[AbstractQueue]) -> None:
@@ -64,6 +65,7 @@ class Intake:
         self.queues = queues
         self.queue = queues[0]
         self._rung: list[AbstractIncomingMessage] = []
+        self._admin_digest = hash_token(state.settings.security.admin_token)
         self.doorbell = asyncio.Event()
 
     async def take(self, count: int, rung_only: bool = False) -> list[AbstractIncomingMessage]:
@@ -166,13 +168,23 @@ class Intake:
                 keys.add(submit.idempotency_key)
         return ids, keys
 
-    async def plan(
-        self,
-        session: AsyncSession,
-        messages: list[AbstractIncomingMessage],
-        known: list[TaskRow],
+    async def know_submitters(self, messages: list[AbstractIncomingMessage]) -> None:
+        """Read the producer tokens again if a message carries one made since the last
+        review, so that the plan can tell who submitted each task without the database."""
+        for message in messages:
+            digest = _token_digest(message)
+            if digest is None or same_hash(digest, self._admin_digest):
+                continue
+            if digest not in self.state.producer_tokens:
+                async with self.state.sessions() as session:
+                    self.state.producer_tokens = await assignments.producer_token_names(session)
+                return
+
+    def plan(
+        self, messages: list[AbstractIncomingMessage], known: list[TaskRow], now: datetime
     ) -> IntakePlan:
-        """Store new tasks and assign every assignable one, picking workers by least load."""
+        """Make new tasks and assign every assignable one, picking workers by least load;
+        the plan lists the rows for the turn to insert and write."""
         state, plan = self.state, IntakePlan()
         parsed: list[tuple[AbstractIncomingMessage, TaskSubmit, str]] = []
         for message in messages:
@@ -182,9 +194,8 @@ class Intake:
                 plan.dead.append((message, f"invalid task: {validation_summary(error)}"))
                 continue
             parsed.append((message, submit, self._task_id(message, submit)))
-        now, tick = utcnow(), time.monotonic()
-        new_rows: list[TaskRow] = []
-        changed: list[TaskRow] = []
+        tick = time.monotonic()
+        new_rows, changed = plan.new_rows, plan.changed
         by_id = {t.id: t for t in known}
         by_key = {t.idempotency_key: t for t in known if t.idempotency_key}
         for message, submit, task_id in parsed:
@@ -193,7 +204,7 @@ class Intake:
                 continue  # the same submission again: one task only
             fresh = task is None
             if task is None:
-                submitter = await self._submitter(message, session)
+                submitter = self._submitter(message)
                 if submitter is None:
                     plan.dead.append((message, UNAUTHORIZED))
                     continue
@@ -230,8 +241,6 @@ class Intake:
             elif status is TaskStatus.ASSIGNED and message.redelivered:
                 # We may have died between the commit and the publish: send it again.
                 plan.assigned.append(task)
-        await task_rows.insert_rows(session, new_rows, now)
-        await task_rows.update_rows(session, changed, now)
         return plan
 
     @staticmethod
@@ -242,18 +251,20 @@ class Intake:
             return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, message.message_id))
         return str(uuid.uuid4())
 
-    async def _submitter(
-        self, message: AbstractIncomingMessage, session: AsyncSession
-    ) -> str | None:
-        token = (message.headers or {}).get(TOKEN_HEADER)
-        if isinstance(token, bytes):
-            token = token.decode(errors="replace")
-        if not isinstance(token, str) or not token:
+    def _submitter(self, message: AbstractIncomingMessage) -> str | None:
+        """Who submitted the task: a producer token's name, the admin, or None."""
+        digest = _token_digest(message)
+        if digest is None:
             return None
-        digest = hash_token(token)
-        if same_hash(digest, hash_token(self.state.settings.security.admin_token)):
+        if same_hash(digest, self._admin_digest):
             return ADMIN_BOOTSTRAP
-        if digest not in self.state.producer_tokens:
-            # A token made since the last review: look again before refusing.
-            self.state.producer_tokens = await assignments.producer_token_names(session)
         return self.state.producer_tokens.get(digest)
+
+
+def _token_digest(message: AbstractIncomingMessage) -> str | None:
+    token = (message.headers or {}).get(TOKEN_HEADER)
+    if isinstance(token, bytes):
+        token = token.decode(errors="replace")
+    if not isinstance(token, str) or not token:
+        return None
+    return hash_token(token)

@@ -31,6 +31,7 @@ from workmesh.engine.publisher import MeshPublisher
 from workmesh.engine.reports import ReportApplier
 from workmesh.engine.review import PoolReview
 from workmesh.engine.state import LeaderState
+from workmesh.engine.store import turn_store
 from workmesh.metrics import Metrics
 from workmesh.settings import Settings
 
@@ -103,7 +104,14 @@ class Dispatcher:
             pool=WorkerPool(
                 self.settings.dispatch.heartbeat_timeout, self.settings.dispatch.reserve_idle
             ),
+            store=turn_store(self.settings.database.url, self.sessions),
         )
+        try:
+            await self._lead(connection, state)
+        finally:
+            await state.store.close()
+
+    async def _lead(self, connection: AbstractConnection, state: LeaderState) -> None:
         review = PoolReview(state, await connection.channel())
         await state.reload()
         await review.review()

@@ -16,9 +16,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from models.base import utcnow
 from rabbitmq.topology import REPORTS_QUEUE, TOKEN_HEADER, retry_queue
 from schemas.tasks import TaskReport
 from workmesh.dispatch.lifecycle import (
@@ -34,7 +32,7 @@ from workmesh.engine.intake import validation_summary
 from workmesh.engine.publisher import gather_confirms
 from workmesh.engine.state import LeaderState
 from workmesh.security import hash_token, same_hash
-from workmesh.services import assignments, task_rows
+from workmesh.services import assignments
 from workmesh.services.assignments import apply_transition
 from workmesh.services.task_rows import TaskRow
 
@@ -53,10 +51,11 @@ class ReportPlan:
     dead: list[tuple[AbstractIncomingMessage, str]] = field(default_factory=list)
     follow_ups: list[tuple[TaskRow, FollowUp]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
+    changed: dict[str, TaskRow] = field(default_factory=dict)  # to write, by task id
 
 
 class ReportApplier:
-    """The reports' side of a leader cycle: collect, plan (inside the cycle's transaction),
+    """The reports' side of a leader cycle: collect, plan (between the turn's read and write),
     release the workers' room, publish follow-ups, settle the messages."""
 
     def __init__(self, state: LeaderState) -> None:
@@ -123,9 +122,8 @@ class ReportApplier:
                 continue
         return ids
 
-    async def plan(
+    def plan(
         self,
-        session: AsyncSession,
         messages: list[AbstractIncomingMessage],
         known: list[TaskRow],
     ) -> ReportPlan:
@@ -139,7 +137,7 @@ class ReportApplier:
                 continue
             parsed.append((message, message.routing_key or "", report.model_dump()))
         tasks = {row.id: row for row in known}
-        changed: dict[str, TaskRow] = {}
+        changed = plan.changed
         for message, routing_key, body in parsed:
             task = tasks.get(body["task_id"])
             kind = routing_key.removeprefix("task.")
@@ -160,7 +158,6 @@ class ReportApplier:
             self.state.metrics.reports.labels(kind=kind, outcome=outcome).inc()
             if TaskStatus(task.status) not in ON_WORKER:
                 plan.touched.add(task.id)
-        await task_rows.update_rows(session, list(changed.values()), utcnow())
         return plan
 
     def _check_token(self, message: AbstractIncomingMessage, worker_id: str) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from workmesh.dispatch.pool import WorkerPool
 from workmesh.engine.publisher import MeshPublisher
+from workmesh.engine.store import TurnStore
 from workmesh.metrics import Metrics
 from workmesh.services import assignments
 from workmesh.settings import Settings
@@ -28,6 +29,8 @@ class LeaderState:
     metrics: Metrics
     publisher: MeshPublisher
     pool: WorkerPool
+    # Where turns read and write their task rows (the rest uses ``sessions``).
+    store: TurnStore
     # Serialises every change to the pool and to tasks the leader makes, so a turn's commit
     # and a review never interleave half-done.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)

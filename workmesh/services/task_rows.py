@@ -2,6 +2,9 @@
 SQLAlchemy Core, without the ORM's per-object bookkeeping (which cost more than the rest of a
 dispatch put together).
 
+The functions take a synchronous Connection: the leader runs them on SQLite's own thread, one
+crossing per call, or through ``run_sync`` on an async connection (workmesh/engine/store.py).
+
 Writes keep the ORM's optimistic concurrency: every update bumps ``version`` and matches the
 version it read, so a change the HTTP API made meanwhile is never overwritten silently.
 """
@@ -13,8 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from models import Task
@@ -65,8 +67,8 @@ def _row(values: Any) -> TaskRow:
     return TaskRow(**dict(values._mapping))
 
 
-async def rows_for(
-    session: AsyncSession, ids: Collection[str], keys: Collection[str] = ()
+def read_rows(
+    connection: Connection, ids: Collection[str], keys: Collection[str] = ()
 ) -> list[TaskRow]:
     """The tasks named by id or by idempotency key, in one query."""
     clauses = []
@@ -76,30 +78,36 @@ async def rows_for(
         clauses.append(TASKS.c.idempotency_key.in_(keys))
     if not clauses:
         return []
-    result = await session.execute(select(*_READ).where(or_(*clauses)))
+    result = connection.execute(select(*_READ).where(or_(*clauses)))
     return [_row(values) for values in result]
 
 
-async def insert_rows(session: AsyncSession, rows: Sequence[TaskRow], now: datetime) -> None:
-    if not rows:
-        return
-    names = [f.name for f in fields(TaskRow)]
-    values = []
-    for row in rows:
-        item = {name: getattr(row, name) for name in names}
-        item["created_at"] = item["updated_at"] = now
-        values.append(item)
-    await session.execute(insert(TASKS), values)
+def write_rows(
+    connection: Connection,
+    inserts: Sequence[TaskRow],
+    updates: Sequence[TaskRow],
+    now: datetime,
+) -> None:
+    """Insert new tasks, and write each changed row's state if nobody changed it since it was
+    read.
 
-
-async def update_rows(session: AsyncSession, rows: Sequence[TaskRow], now: datetime) -> None:
-    """Write each row's changed state, if nobody changed it since it was read.
-
-    Raises StaleDataError when any row lost such a race; the caller's transaction then rolls
-    back whole and the batch is read again.
+    Raises IntegrityError when a new task's id or idempotency key is taken meanwhile, and
+    StaleDataError when an update lost such a race; the caller's transaction then rolls back
+    whole and the turn is read again.
     """
-    if not rows:
-        return
+    if inserts:
+        names = [f.name for f in fields(TaskRow)]
+        values = []
+        for row in inserts:
+            item = {name: getattr(row, name) for name in names}
+            item["created_at"] = item["updated_at"] = now
+            values.append(item)
+        connection.execute(insert(TASKS), values)
+    if updates:
+        _update_rows(connection, updates, now)
+
+
+def _update_rows(connection: Connection, rows: Sequence[TaskRow], now: datetime) -> None:
     statement = (
         update(TASKS)
         .where(TASKS.c.id == bindparam("b_id"), TASKS.c.version == bindparam("b_version"))
@@ -112,15 +120,16 @@ async def update_rows(session: AsyncSession, rows: Sequence[TaskRow], now: datet
         {"b_id": row.id, "b_version": row.version} | {n: getattr(row, n) for n in _WRITTEN}
         for row in rows
     ]
-    result = await session.execute(statement, params)
-    if session.get_bind().dialect.supports_sane_multi_rowcount:
-        changed = result.rowcount  # type: ignore[attr-defined]
+    if connection.dialect.supports_sane_multi_rowcount:
+        changed = connection.execute(statement, params).rowcount
     else:
-        now_at = await session.execute(
-            select(TASKS.c.id, TASKS.c.version).where(TASKS.c.id.in_([r.id for r in rows]))
-        )
-        expected = {row.id: row.version + 1 for row in rows}
-        changed = sum(expected.get(task_id) == version for task_id, version in now_at)
+        # The driver cannot count what an executemany changed (asyncpg): lock the rows,
+        # compare their versions with those read, and only then write them.
+        locked = select(TASKS.c.id, TASKS.c.version).where(TASKS.c.id.in_([r.id for r in rows]))
+        now_at: dict[str, int] = dict(connection.execute(locked.with_for_update()).all())
+        changed = sum(now_at.get(row.id) == row.version for row in rows)
+        if changed == len(rows):
+            connection.execute(statement, params)
     if changed != len(rows):
         raise StaleDataError(f"{len(rows) - changed} of {len(rows)} tasks changed meanwhile")
     for row in rows:

@@ -1,0 +1,152 @@
+"""The store a leader turn reads and writes its task rows through (workmesh/engine/store.py),
+on SQLite and PostgreSQL: the round trip, the races it must report, and on SQLite that a
+locked database makes a turn wait without stopping the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
+
+from models.base import utcnow
+from workmesh.db import create_engine, migrate, session_factory
+from workmesh.engine import store as store_module
+from workmesh.engine.store import SessionStore, SqliteLoopStore, TurnStore, turn_store
+from workmesh.services.task_rows import TaskRow
+from workmesh.settings import DatabaseSettings
+
+
+def new_task(key: str | None = None) -> TaskRow:
+    return TaskRow(
+        id=str(uuid.uuid4()),
+        kind="job",
+        payload={"n": 1},
+        priority=3,
+        status="queued",
+        idempotency_key=key,
+        worker_id=None,
+        attempt=1,
+        max_attempts=3,
+        rejected_by=None,
+        error=None,
+        assigned_at=None,
+        finished_at=None,
+        version=1,
+        submitted_by="test",
+    )
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[TurnStore]:
+    engine = create_engine(DatabaseSettings(url=database_url))
+    made = turn_store(database_url, session_factory(engine))
+    yield made
+    await made.close()
+    await engine.dispose()
+
+
+@pytest.fixture
+async def sqlite_file(tmp_path: Path) -> AsyncIterator[tuple[str, SqliteLoopStore]]:
+    path = tmp_path / "workmesh.db"
+    await asyncio.to_thread(migrate, f"sqlite+aiosqlite:///{path}")
+    made = SqliteLoopStore(f"sqlite:///{path}")
+    yield str(path), made
+    await made.close()
+
+
+async def test_the_store_fits_the_database(database_url: str, store: TurnStore) -> None:
+    expected = SqliteLoopStore if database_url.startswith("sqlite") else SessionStore
+    assert isinstance(store, expected)
+
+
+async def test_rows_written_are_read_back_by_id_and_by_key(store: TurnStore) -> None:
+    plain, keyed = new_task(), new_task(key="order-17")
+    await store.write([plain, keyed], [], utcnow())
+
+    [by_id] = await store.read({plain.id}, set())
+    [by_key] = await store.read(set(), {"order-17"})
+    assert (by_id.id, by_id.payload, by_id.priority) == (plain.id, {"n": 1}, 3)
+    assert by_key.id == keyed.id
+    assert await store.read({str(uuid.uuid4())}, {"nobody"}) == []
+
+    by_id.status, by_id.attempt = "assigned", 2
+    await store.write([], [by_id], utcnow())
+    assert by_id.version == 2
+    [again] = await store.read({plain.id}, set())
+    assert (again.status, again.attempt, again.version) == ("assigned", 2, 2)
+
+
+async def test_an_update_that_lost_a_race_changes_nothing(store: TurnStore) -> None:
+    task = new_task()
+    await store.write([task], [], utcnow())
+    [mine] = await store.read({task.id}, set())
+    [theirs] = await store.read({task.id}, set())
+    theirs.status = "cancelled"
+    await store.write([], [theirs], utcnow())
+
+    mine.status = "assigned"
+    with pytest.raises(StaleDataError):
+        await store.write([], [mine], utcnow())
+    [now] = await store.read({task.id}, set())
+    assert now.status == "cancelled"
+
+
+async def test_a_taken_idempotency_key_fails_the_whole_write(store: TurnStore) -> None:
+    first = new_task(key="once")
+    await store.write([first], [], utcnow())
+    [known] = await store.read({first.id}, set())
+    known.status = "assigned"
+
+    with pytest.raises(IntegrityError):
+        await store.write([new_task(), new_task(key="once")], [known], utcnow())
+    [unchanged] = await store.read({first.id}, set())
+    assert (unchanged.status, unchanged.version) == ("queued", 1)
+
+
+async def test_on_sqlite_a_locked_database_makes_the_write_wait_not_the_loop(
+    sqlite_file: tuple[str, SqliteLoopStore],
+) -> None:
+    path, store = sqlite_file
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer, e.g. the API in another process
+    task = new_task()
+    writing = asyncio.create_task(store.write([task], [], utcnow()))
+    ticks = 0
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+        ticks += 1
+    assert ticks == 20
+    assert not writing.done()
+
+    holder.execute("COMMIT")
+    await asyncio.wait_for(writing, 5)
+    assert [row.id for row in await store.read({task.id}, set())] == [task.id]
+    holder.close()
+
+
+async def test_on_sqlite_a_lock_held_too_long_fails_the_write(
+    sqlite_file: tuple[str, SqliteLoopStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, store = sqlite_file
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            await store.write([new_task()], [], utcnow())
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+async def test_sqlite_in_memory_goes_through_the_async_engine() -> None:
+    url = "sqlite+aiosqlite://"
+    engine = create_engine(DatabaseSettings(url=url))
+    assert isinstance(turn_store(url, session_factory(engine)), SessionStore)
+    await engine.dispose()
