@@ -18,7 +18,8 @@ from aiosmtpd.controller import Controller
 
 from tests.bots import read_dead_letters
 from tests.conftest import Harness, eventually, free_port
-from tests.test_channels_e2e import WsWorker, poll, submit
+from tests.test_channels_e2e import WsWorker, poll, set_status, submit
+from workmesh.channels import notify
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +146,48 @@ async def test_a_worker_whose_socket_closed_is_notified_again(
     await eventually(lambda: len(receiver.calls) >= 1, message="webhook after the socket closed")
     notified = [(n["worker_id"], n["task"]["task_id"]) for n in receiver.verified()]
     assert notified == [("hybrid", second)]
+
+
+async def test_a_webhook_set_later_is_used_at_once(
+    harness: Harness, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The notifier remembers who wants notices; a change through the API must not wait for
+    # that memory to expire (here it would never expire).
+    monkeypatch.setattr(notify, "NOTICES_TTL", 3600.0)
+    await harness.start()
+    late = await harness.add_worker("late")
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=late)
+    await harness.wait_online("late")
+    first = await submit(harness)
+    await harness.wait_task(first, "assigned to late", worker_id="late")
+    # "late" is full; the next task goes to "witness", whose webhook, once called, shows that
+    # the notifier has decided the first one (it takes events in order): late wanted none.
+    witness = await harness.add_worker("witness")
+    await notify_by_webhook(harness, "witness", witness, receiver)
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=witness)
+    await harness.wait_online("witness")
+    second = await submit(harness)
+    await eventually(lambda: len(receiver.calls) == 1, message="the witness's webhook")
+
+    # When late sets a webhook (same secret for both, to check every signature) and has room
+    status, body = await harness.api(
+        "PUT",
+        "/api/v1/workers/late/notifications",
+        token=late,
+        json={"webhook_url": receiver.url},
+    )
+    assert status == 200, body
+    receiver.secret = body["webhook_secret"]
+    receiver.calls.clear()
+    [assignment] = (await poll(harness, late))["assignments"]
+    assert await set_status(harness, late, assignment["task_id"], "done") == 200
+    third = await submit(harness)
+
+    # Then its next assignment is notified
+    await eventually(lambda: len(receiver.calls) == 1, message="late's webhook")
+    notified = [(n["worker_id"], n["task"]["task_id"]) for n in receiver.verified()]
+    assert notified == [("late", third)]
+    assert second != third
 
 
 async def test_a_webhook_that_keeps_failing_is_dead_lettered_with_the_reason(

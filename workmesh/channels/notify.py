@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -21,6 +22,7 @@ import aiohttp
 import aiosmtplib
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.exceptions import ChannelNotFoundEntity
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -33,6 +35,9 @@ from workmesh.settings import ChannelSettings
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Workmesh-Signature"
+# How long the notifier trusts what it read of who wants notices. A change made through this
+# process's API is seen at once; one made through another api process, within this time.
+NOTICES_TTL = 1.0
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -63,6 +68,8 @@ class Notifier:
         self.connection = connection
         self.http = http
         self._channel: AbstractRobustChannel | None = None
+        self._wants: dict[str, bool] = {}  # worker id → has a webhook or an email
+        self._wants_read_at = -NOTICES_TTL
 
     async def on_assigned(self, task_id: str, worker_id: str) -> None:
         """Notify the worker of an assignment, unless a channel of its is live.
@@ -70,9 +77,10 @@ class Notifier:
         Raises Unprocessable (→ a dead letter with the reason) when a notification could not be
         delivered after every try.
         """
-        # Live first: it is the common case (bots consuming their queue) and costs one AMQP
-        # round trip, where the notice costs a database read on every assignment.
-        if await self.is_live(worker_id):
+        # Most workers want no notices at all (bots consuming their queue): a remembered answer
+        # settles them with no round trip. For the rest, live first: one AMQP round trip,
+        # where the notice costs a database read.
+        if not await self.wants_notices(worker_id) or await self.is_live(worker_id):
             return
         notice = await self._notice(task_id, worker_id)
         if notice is None:
@@ -93,6 +101,22 @@ class Notifier:
                 )
         if failures:
             raise Unprocessable("; ".join(failures))
+
+    async def wants_notices(self, worker_id: str) -> bool:
+        """Has the worker a webhook or an email address? Read for all workers at once, at most
+        once per NOTICES_TTL (and for a worker not seen before)."""
+        now = time.monotonic()
+        if worker_id not in self._wants or now - self._wants_read_at > NOTICES_TTL:
+            wants = or_(Worker.webhook_url.is_not(None), Worker.email.is_not(None))
+            async with self.sessions() as session:
+                rows = await session.execute(select(Worker.id, wants))
+            self._wants = {worker: bool(flag) for worker, flag in rows}
+            self._wants_read_at = now
+        return self._wants.get(worker_id, False)
+
+    def settings_changed(self) -> None:
+        """A worker's notification settings changed here: read them all again next time."""
+        self._wants_read_at = -NOTICES_TTL
 
     async def is_live(self, worker_id: str) -> bool:
         """Does anything consume the worker's queue right now?"""

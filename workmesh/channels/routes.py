@@ -92,6 +92,7 @@ async def set_notifications(request: web.Request) -> web.Response:
         worker.email = body.email
         if worker.webhook_url and (body.new_secret or not worker.webhook_secret):
             made = worker.webhook_secret = secrets.token_urlsafe(32)
+    request.app[CHANNELS].notifier.settings_changed()
     view = NotificationView(
         worker_id=worker_id, webhook_url=worker.webhook_url, email=worker.email, webhook_secret=made
     )

@@ -82,6 +82,11 @@ class WorkerChannels:
         assert self._mailbox is not None, "the channels have not started"
         return self._mailbox
 
+    @property
+    def notifier(self) -> Notifier:
+        assert self._notifier is not None, "the channels have not started"
+        return self._notifier
+
     async def take(self, worker_id: str, limit: int, wait: float) -> list[Delivery]:
         channel = await self.connection.channel()
         try:
