@@ -58,6 +58,24 @@ class Snapshot(BaseModel):
     error: str | None = Field(default=None, max_length=4000)
 
 
+# Snapshots in one batch sync request at most.
+MAX_SNAPSHOTS = 500
+
+
+class SnapshotItem(Snapshot):
+    """One order's snapshot in a batch (POST /api/v1/orders/sync)."""
+
+    id: UUID
+
+
+class SnapshotBatch(BaseModel):
+    """Several orders' snapshots at once, applied in the order given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snapshots: list[SnapshotItem] = Field(min_length=1, max_length=MAX_SNAPSHOTS)
+
+
 class Resolve(BaseModel):
     """Take an order out of COLLISION or ERROR: keep mine, take theirs, or a merged body."""
 

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from schemas.orders import MAX_SNAPSHOTS
 from tests.conftest import (
     ADMIN_TOKEN,
     DATABASES,
@@ -270,7 +271,8 @@ async def pair(
 
 
 class FakePeer:
-    """An aiohttp server in the peer's place: records every snapshot PUT to it."""
+    """An aiohttp server in the peer's place: records every snapshot sent to it, one by one
+    (PUT .../{id}/sync) or in a batch (POST .../sync, with the real endpoint's limits)."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -288,10 +290,22 @@ class FakePeer:
             self.received.append((request.match_info["id"], await request.json()))
             return web.json_response({"outcome": "applied"})
 
+        async def sync_many(request: web.Request) -> web.Response:
+            snapshots = (await request.json()).get("snapshots")
+            if not isinstance(snapshots, list) or not 1 <= len(snapshots) <= MAX_SNAPSHOTS:
+                return web.json_response({"error": "snapshots: 1 to 500 of them"}, status=422)
+            results = []
+            for snap in snapshots:
+                order_id = snap.pop("id")
+                self.received.append((order_id, snap))
+                results.append({"id": order_id, "outcome": "applied"})
+            return web.json_response({"results": results})
+
         async def listing(request: web.Request) -> web.Response:
             return web.json_response({"orders": [], "next": None})
 
         app.router.add_put("/api/v1/orders/{id}/sync", sync)
+        app.router.add_post("/api/v1/orders/sync", sync_many)
         app.router.add_get("/api/v1/orders", listing)
         self._runner = web.AppRunner(app)
         await self._runner.setup()

@@ -131,6 +131,16 @@ BAD_INPUT: list[tuple[str, str, dict[str, Any] | None, int]] = [
         ("PUT", f"/api/v1/orders/{uuid.UUID(int=1)}/sync",
          {"state": 9, "rev": 1, "ack": 0, "epoch": 0, "origin": "B", "sender": "B",
           "body": ORDER}, 422),
+        ("POST", "/api/v1/orders/sync", {"snapshots": []}, 422),
+        ("POST", "/api/v1/orders/sync", {"snapshots": [{"state": 1}]}, 422),
+        ("POST", "/api/v1/orders/sync", {"orders": []}, 422),
+        ("POST", "/api/v1/orders/sync",
+         {"snapshots": [{"id": "x", "state": 1, "rev": 1, "ack": 0, "epoch": 0, "origin": "B",
+                         "sender": "B", "body": ORDER}]}, 422),
+        ("POST", "/api/v1/orders/sync",
+         {"snapshots": [{"id": str(uuid.UUID(int=n)), "state": 1, "rev": 1, "ack": 0,
+                         "epoch": 0, "origin": "B", "sender": "B", "body": ORDER}
+                        for n in range(501)]}, 422),
     ]  # fmt: skip
 
 
@@ -142,11 +152,48 @@ async def test_bad_input(alone: Instance) -> None:
         assert answer["error"]
 
 
+def snapshot_from_b(order_id: str, state: int, rev: int, note: str = "") -> dict[str, Any]:
+    return {"id": order_id, "state": state, "rev": rev, "ack": 0, "epoch": 0, "origin": "B",
+            "sender": "B", "body": {**ORDER, "note": note}}  # fmt: skip
+
+
+async def test_a_batch_of_snapshots_answers_for_each_order(alone: Instance) -> None:
+    # Given an order of A's that B has not acknowledged (NEW here)
+    _, mine = await alone.api("POST", "/api/v1/orders", json=ORDER)
+    new_there, changed_there = str(uuid.uuid4()), str(uuid.uuid4())
+
+    # When B sends four snapshots at once: a new order, the same order changed, a creation
+    # with the id of A's own unacknowledged one, and a combination the table does not list
+    batch = [
+        snapshot_from_b(new_there, state=1, rev=1, note="first"),
+        snapshot_from_b(new_there, state=2, rev=2, note="second"),
+        snapshot_from_b(mine["id"], state=1, rev=1, note="theirs"),
+        snapshot_from_b(changed_there, state=5, rev=1),  # OK for an order A never had
+    ]
+    status, body = await alone.api("POST", "/api/v1/orders/sync", json={"snapshots": batch})
+
+    # Then each has its outcome, by the table, in the order sent
+    assert status == 200, body
+    got = [(r["id"], r["outcome"], r["state"], r["send_back"]) for r in body["results"]]
+    assert got == [
+        (new_there, "applied", "OK", True),
+        (new_there, "applied", "OK", True),
+        (mine["id"], "applied", "COLLISION", True),
+        (changed_there, "error", "ERROR", True),
+    ]
+    _, there = await alone.api("GET", f"/api/v1/orders/{new_there}")
+    assert there["body"]["note"] == "second"
+
+
 async def test_refusals(alone: Instance) -> None:
     # One mesh for the three: each case is quick, a mesh start is not.
     snap = {"state": 1, "rev": 1, "ack": 0, "epoch": 0, "origin": "A", "sender": "A",
             "body": ORDER}  # fmt: skip
     status, body = await alone.api("PUT", f"/api/v1/orders/{uuid.uuid4()}/sync", json=snap)
+    assert status == 422, body
+    assert "from itself" in body["error"]
+    batch = {"snapshots": [{**snap, "id": str(uuid.uuid4())}]}
+    status, body = await alone.api("POST", "/api/v1/orders/sync", json=batch)
     assert status == 422, body
     assert "from itself" in body["error"]
 

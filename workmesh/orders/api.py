@@ -7,18 +7,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from schemas.orders import OrderBody, OrderCreate, Resolve, Snapshot
+from schemas.orders import OrderBody, OrderCreate, Resolve, Snapshot, SnapshotBatch
 from workmesh.api.common import ApiError, json_response, principal, read_body
 from workmesh.orders import service
 from workmesh.orders.service import OrderProblem
 from workmesh.security import Role
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/orders"
 MAX_PAGE = 1000
@@ -173,13 +178,51 @@ def add_routes(
         if snap.sender == instance:
             raise ApiError(422, f"this is instance {instance}: a snapshot from itself")
         async with writes, sessions() as session, session.begin():
-            result = await service.receive(session, order_id, snap)
-            rev = (await service.get(session, order_id)).rev
-        if result.send_back:
-            await publish(order_id, rev)
-        return json_response(
-            {"outcome": result.outcome, "state": result.state.name, "send_back": result.send_back}
-        )
+            result = await _receive(session, order_id, snap)
+        if result["send_back"]:
+            await publish(order_id, result["rev"])
+        return json_response({k: result[k] for k in ("outcome", "state", "send_back")})
+
+    async def sync_many(request: web.Request) -> web.Response:
+        """The peer's snapshots of several orders, each through the transition table, in one
+        transaction; if that fails, each in a transaction of its own (one bad apple — say a
+        new order the pull inserted meanwhile — then fails alone). The answer lists each
+        order's outcome, or its error, in the order sent."""
+        principal(request, *roles)
+        batch = await read_body(request, SnapshotBatch)
+        if any(item.sender == instance for item in batch.snapshots):
+            raise ApiError(422, f"this is instance {instance}: snapshots from itself")
+        items = [(str(item.id), Snapshot.model_validate(item, from_attributes=True))
+                 for item in batch.snapshots]  # fmt: skip
+        # Applied in id order (an order's own snapshots keep theirs): every transaction that
+        # locks several orders takes them in that order, so two never deadlock.
+        applying = sorted(range(len(items)), key=lambda n: items[n][0])
+        results: list[dict[str, Any]] = [{} for _ in items]
+        try:
+            async with writes, sessions() as session, session.begin():
+                for n in applying:
+                    results[n] = await _receive(session, *items[n])
+        except SQLAlchemyError as error:
+            log.info("orders: a batch of %d failed whole (%s); one by one", len(items), error)
+            for n in applying:
+                results[n] = await _receive_alone(*items[n])
+        await asyncio.gather(*(publish(r["id"], r["rev"]) for r in results if r.get("send_back")))
+        for result in results:
+            result.pop("rev", None)
+        return json_response({"results": results})
+
+    async def _receive(session: AsyncSession, order_id: str, snap: Snapshot) -> dict[str, Any]:
+        result = await service.receive(session, order_id, snap)
+        rev = (await service.get(session, order_id)).rev
+        return {"id": order_id, "outcome": result.outcome, "state": result.state.name,
+                "send_back": result.send_back, "rev": rev}  # fmt: skip
+
+    async def _receive_alone(order_id: str, snap: Snapshot) -> dict[str, Any]:
+        try:
+            async with writes, sessions() as session, session.begin():
+                return await _receive(session, order_id, snap)
+        except SQLAlchemyError as error:
+            return {"id": order_id, "error": f"not applied, send again: {type(error).__name__}"}
 
     app.router.add_post(PREFIX, create)
     app.router.add_get(PREFIX, listing)
@@ -188,3 +231,4 @@ def add_routes(
     app.router.add_delete(PREFIX + "/{id}", remove)
     app.router.add_post(PREFIX + "/{id}/resolve", resolve)
     app.router.add_put(PREFIX + "/{id}/sync", sync)
+    app.router.add_post(PREFIX + "/sync", sync_many)

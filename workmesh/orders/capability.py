@@ -11,8 +11,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
-from faststream.rabbit import RabbitQueue
+from faststream.rabbit import Channel, RabbitQueue
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 
 from rabbitmq.topology import DEAD_EXCHANGE
 from workmesh.capabilities import MeshContext
@@ -29,6 +30,7 @@ from workmesh.orders.events import (
     sync_queue,
 )
 from workmesh.orders.peer import Peer, PeerError
+from workmesh.orders.sender import BatchSender
 from workmesh.orders.settings import OrdersSettings
 
 if TYPE_CHECKING:
@@ -88,20 +90,34 @@ class OrdersCapability:
             await self._tick(schedules.PULL, body, self._pull, self.settings.pull_every)
 
     def _attach_shard(self, mesh: MeshContext, shard: int) -> None:
+        sender = BatchSender(self._push, self.settings.sync_batch)
+
         @mesh.broker.subscriber(
             RabbitQueue(sync_queue(self.settings.instance, shard), durable=True,
                         routing_key=changed_key(self.settings.instance, shard),
                         arguments=_ARGS),
             exchange=EVENTS,
+            # Enough unacknowledged events to fill the batch on its way and the next one.
+            channel=Channel(prefetch_count=2 * self.settings.sync_batch),
         )  # fmt: skip
         async def on_changed(body: OrderChanged) -> None:
             if self.peer is None or self._stopping:
                 return  # the outbox keeps it; the sweep sends it when there is a peer
             self._enter()
             try:
-                await sync.push(mesh.sessions, self.peer, self.settings.instance, body.id)
+                await sender.submit(body.id)
             finally:
                 self._leave()
+
+    async def _push(self, order_ids: list[str]) -> None:
+        assert self._mesh is not None
+        assert self.peer is not None
+        try:
+            await sync.push_many(self._mesh.sessions, self.peer, self.settings.instance, order_ids)
+        except SQLAlchemyError as error:
+            # Not a reason to dead-letter the events: the orders stay in the outbox, and the
+            # resend sweep sends them again.
+            log.warning("orders: %d snapshots not sent (database: %s)", len(order_ids), error)
 
     def _enter(self) -> None:
         self._busy += 1

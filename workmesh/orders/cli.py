@@ -150,6 +150,10 @@ def run_pair(settings: Settings, args: argparse.Namespace) -> int:
         processes[n] = subprocess.Popen(
             [sys.executable, "-m", "workmesh.cli", "run", "--role", "orders", "--no-migrate"],
             env=env,
+            # Our stdout is the one JSON line a script reads; the instances' output (their
+            # logs, FastStream's included) goes to stderr, so a reader that stops after that
+            # line never blocks them on a full pipe.
+            stdout=sys.stderr,
         )
     stop = {"now": False}
 

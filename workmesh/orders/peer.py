@@ -1,6 +1,7 @@
-"""The peer's Orders API, as this instance's sync uses it: PUT a snapshot, GET a page of the
-list. Connection errors, timeouts and 5xx are retried a few times (tenacity); anything else
-is a ``PeerError`` at once. Whatever fails stays in the outbox for the resend sweep."""
+"""The peer's Orders API, as this instance's sync uses it: send snapshots (one, or a batch),
+GET a page of the list. Connection errors, timeouts and 5xx are retried a few times
+(tenacity); anything else is a ``PeerError`` at once. Whatever fails stays in the outbox for
+the resend sweep."""
 
 from __future__ import annotations
 
@@ -70,12 +71,16 @@ class Peer:
                     raise _Retryable(f"{method} {path}: {type(error).__name__}: {error}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def put_snapshot(self, order_id: str, snap: Snapshot) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request(
-            "PUT", f"{PREFIX}/{order_id}/sync", data=snap.model_dump_json(),
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        return result
+    async def put_snapshots(self, snapshots: list[tuple[str, Snapshot]]) -> dict[str, str | None]:
+        """Send several orders' snapshots in one request. Returns each order's error, or None
+        where the peer applied it."""
+        batch = {"snapshots": [{"id": order_id, **snap.model_dump(mode="json")}
+                               for order_id, snap in snapshots]}  # fmt: skip
+        body = await self._request("POST", f"{PREFIX}/sync", json=batch)
+        try:
+            return {str(r["id"]): r.get("error") for r in body["results"]}
+        except (KeyError, TypeError) as error:
+            raise PeerError(f"POST {PREFIX}/sync: an answer without results: {error}") from None
 
     async def list_page(
         self, since: datetime | None, cursor: str | None, limit: int

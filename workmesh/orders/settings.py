@@ -6,6 +6,8 @@ from __future__ import annotations
 from pydantic import Field, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.orders import MAX_SNAPSHOTS
+
 
 class OrdersSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WORKMESH_ORDERS_")
@@ -34,6 +36,8 @@ class OrdersSettings(BaseSettings):
 
     # Parallel sync consumers; an order always goes through the same one, in order.
     shards: int = Field(default=4, ge=1, le=64)
+    # Snapshots in one request to the peer at most (a shard sends one batch at a time).
+    sync_batch: int = Field(default=100, ge=1, le=MAX_SNAPSHOTS)
 
     # Outbound HTTP to the peer: attempts per send on connection errors and 5xx, and timeout.
     http_attempts: PositiveInt = 3
