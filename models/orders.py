@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, UtcDateTime, utcnow
+from models.base import Base, ScheduleColumns, UtcDateTime, utcnow
 
 
 class Order(Base):
@@ -50,14 +50,8 @@ class Order(Base):
     )
 
 
-class OrdersSchedule(Base):
+class OrdersSchedule(ScheduleColumns, Base):
     """A self-renewing RabbitMQ message chain (resend sweep, pull): its live token and,
     for the pull, the peer's ``updated_at`` it has read up to."""
 
     __tablename__ = "orders_schedules"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    chain: Mapped[str] = mapped_column(String(36))
-    cursor: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
-    last_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, UtcDateTime, utcnow
+from models.base import Base, ScheduleColumns, UtcDateTime, utcnow
 
 
 class StockProduct(Base):
@@ -92,7 +92,7 @@ class StockPushItem(Base):
     __table_args__ = (Index("ix_stock_push_items_pending", "marketplace", "pending", "sku"),)
 
 
-class StockSchedule(Base):
+class StockSchedule(ScheduleColumns, Base):
     """One self-renewing schedule (a poll feed or a pusher): its live chain and its cursor.
 
     Each start of the capability begins a new chain; a scheduled message from an older chain
@@ -100,13 +100,6 @@ class StockSchedule(Base):
     """
 
     __tablename__ = "stock_schedules"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    chain: Mapped[str] = mapped_column(String(36))
-    # Polls: everything changed before this instant has been read (minus the overlap window).
-    cursor: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
-    last_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class StockProblem(Base):

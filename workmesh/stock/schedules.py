@@ -1,21 +1,17 @@
-"""Self-renewing schedules made of RabbitMQ messages (no cron, no sleeping loop).
-
-Each schedule (a poll feed, a pusher) has exactly one live message: its token is stored in
-``stock_schedules``; a message whose token is not the stored one is dropped. A handler
-commits the next token, then publishes its message (through ``Delays``), so restarts and
-redeliveries never multiply a schedule. A crash between the commit and the publish ends the
-chain; every start of the capability begins a new one.
-"""
+"""The stock capability's schedules (poll feeds, pushers) in ``stock_schedules``; the
+mechanism is workmesh/schedules.py."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from models.base import utcnow
 from models.stock import StockSchedule
+from workmesh import schedules
+from workmesh.schedules import new_token
+
+__all__ = ["is_live", "new_token", "poll_name", "push_name", "renew", "take_over"]
 
 
 def poll_name(marketplace: str, feed: str) -> str:
@@ -26,14 +22,8 @@ def push_name(marketplace: str) -> str:
     return f"push.{marketplace}"
 
 
-def new_token() -> str:
-    return str(uuid.uuid4())
-
-
 async def is_live(session: AsyncSession, name: str, token: str) -> StockSchedule | None:
-    """The schedule's row if ``token`` is its live message, else None (a stale message)."""
-    row = await session.get(StockSchedule, name, with_for_update=True)
-    return row if row is not None and row.chain == token else None
+    return await schedules.is_live(session, StockSchedule, name, token)
 
 
 async def renew(
@@ -44,22 +34,8 @@ async def renew(
     cursor: datetime | None = None,
     error: str | None = None,
 ) -> None:
-    """Make ``token`` the live message; record the run (and move the cursor when given)."""
-    row = await session.get(StockSchedule, name, with_for_update=True)
-    if row is None:
-        row = StockSchedule(name=name, chain=token)
-        session.add(row)
-    row.chain = token
-    row.last_run_at = utcnow()
-    row.last_error = error[:2000] if error else None
-    if cursor is not None:
-        row.cursor = cursor
+    await schedules.renew(session, StockSchedule, name, token, cursor=cursor, error=error)
 
 
 async def take_over(session: AsyncSession, name: str, token: str) -> None:
-    """A new chain (at start): any message of the old one is dropped when it arrives."""
-    row = await session.get(StockSchedule, name, with_for_update=True)
-    if row is None:
-        session.add(StockSchedule(name=name, chain=token))
-    else:
-        row.chain = token
+    await schedules.take_over(session, StockSchedule, name, token)
