@@ -49,6 +49,7 @@ class FakeMarketplaces:
         wb_window: float = 60.0,
         ym_parallel: int = 4,
         latency: float = 0.0,
+        ym_latency: float | None = None,
     ) -> None:
         self.ozon = Window(ozon_requests, ozon_window)
         self.ozon_item_interval = ozon_item_interval
@@ -56,6 +57,7 @@ class FakeMarketplaces:
         self.wb = Window(wb_requests, wb_window)
         self.ym_parallel, self.ym_in_flight = ym_parallel, 0
         self.latency = latency
+        self.ym_latency = ym_latency  # Yandex's own answer time; None: ``latency``
         self.violations: list[str] = []
         self.down = False
         self.unknown: set[str] = set()  # item keys every marketplace refuses
@@ -133,7 +135,7 @@ class FakeMarketplaces:
                 self._set("ozon", s["offer_id"], s["stock"])
                 entry["updated"] = True
             result.append(entry)
-        await asyncio.sleep(self.latency)
+        await _answer_at(now + self.latency)
         return web.json_response({"result": result})
 
     async def _wb(self, request: web.Request) -> web.Response:
@@ -150,7 +152,7 @@ class FakeMarketplaces:
             self.violations.append("wildberries: more than 1000 items")
             return web.json_response({"message": "too many items"}, status=400)
         bad = [s for s in stocks if str(s["chrtId"]) in self.unknown]
-        await asyncio.sleep(self.latency)
+        await _answer_at(now + self.latency)
         if bad:
             self.wb.charge(now, 9)  # a 409 costs ten requests of the limit
             return web.json_response(
@@ -161,6 +163,7 @@ class FakeMarketplaces:
         return web.Response(status=204)
 
     async def _ym(self, request: web.Request) -> web.Response:
+        started = asyncio.get_running_loop().time()
         if self.down:
             self.refused_down += 1
             return web.json_response({"status": "ERROR"}, status=503)
@@ -171,7 +174,9 @@ class FakeMarketplaces:
         try:
             self.requests["yandex"] += 1
             skus = (await request.json())["skus"]
-            await asyncio.sleep(self.latency)
+            await _answer_at(
+                started + (self.latency if self.ym_latency is None else self.ym_latency)
+            )
             if len(skus) > 2000:
                 self.violations.append("yandex: more than 2000 SKUs")
                 return web.json_response({"status": "ERROR"}, status=400)
@@ -410,6 +415,12 @@ _AUTH = (
     ("/v2/campaigns/", ("Api-Key",)),  # Yandex Market
     ("/", ("Client-Id", "Api-Key")),  # Ozon
 )
+
+
+async def _answer_at(moment: float) -> None:
+    """Answer at ``moment``: a push answers ``latency`` seconds after it arrived, whatever
+    the fake's own work on it took (a real marketplace's answer time includes its work)."""
+    await asyncio.sleep(max(0.0, moment - asyncio.get_running_loop().time()))
 
 
 @web.middleware
