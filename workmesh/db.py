@@ -29,6 +29,12 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         connect_args["server_settings"] = {
             "idle_in_transaction_session_timeout": "60000",
             "lock_timeout": "15000",
+            # asyncpg prepares every statement, and PostgreSQL plans a prepared statement
+            # once for all parameters after its fifth run. Our tables change size fast (a
+            # stock change turns 100,000 push items pending; the Ozon id cache fills in
+            # minutes), so that plan goes stale: a 400-key cache lookup took 60-120 ms a run
+            # against 4 ms planned for its own values. Planning each run costs far less.
+            "plan_cache_mode": "force_custom_plan",
         }
     engine = create_async_engine(
         settings.url, echo=settings.echo, pool_pre_ping=False, connect_args=connect_args

@@ -110,32 +110,43 @@ class Pusher:
         busy = frozenset(busy)
         size, _ = self.shape(marketplace)
         item, place = _IDS[marketplace]
-        query = (
-            select(
-                StockPushItem.sku,
-                StockPushItem.target,
-                StockPushItem.version,
-                item,
-                place,
-                StockProduct.ozon_product_id,
-            )
-            .join(StockProduct, StockProduct.sku == StockPushItem.sku)
+        # The page of pending items first, then their products: limited before the join, the
+        # page is a range of the (marketplace, pending, sku) index whatever the statistics say.
+        # Joined first, PostgreSQL with statistics from before a mass change (100,000 items
+        # turned pending) joined and sorted every pending item: 80 ms a query, not 13.
+        page = (
+            select(StockPushItem.sku, StockPushItem.target, StockPushItem.version)
             .where(
                 StockPushItem.marketplace == marketplace.value,
                 StockPushItem.pending,
                 StockPushItem.sku > after,
             )
-            # A range of the (marketplace, pending, sku) index, read in its order: no sort,
-            # and a round goes on past what it planned instead of reading it again.
+            # Read in the index's order: no sort, and a round goes on past what it planned
+            # instead of reading it again.
             .order_by(StockPushItem.sku)
             .limit(size * most)
         )
         if marketplace is Marketplace.OZON:
             # Ozon takes each item at most once per interval: wait out the ones sent lately.
             quiet_since = utcnow() - timedelta(seconds=self.settings.ozon_item_interval)
-            query = query.where(
+            page = page.where(
                 or_(StockPushItem.pushed_at.is_(None), StockPushItem.pushed_at <= quiet_since)
             )
+        pending_page = page.subquery()
+        query = (
+            select(
+                pending_page.c.sku,
+                pending_page.c.target,
+                pending_page.c.version,
+                item,
+                place,
+                StockProduct.ozon_product_id,
+            )
+            # Outer: every row of the page comes back, so a full page means more may follow
+            # (an item without its product has no ids and is settled as lost, below).
+            .join(StockProduct, StockProduct.sku == pending_page.c.sku, isouter=True)
+            .order_by(pending_page.c.sku)
+        )
         async with self.sessions() as session:
             read = (await session.execute(query)).all()
             more = read[-1][0] if len(read) == size * most else None

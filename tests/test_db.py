@@ -1,0 +1,35 @@
+"""The engine's connection settings, which the rest of the code relies on without saying so."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from workmesh.db import create_engine
+from workmesh.settings import DatabaseSettings
+
+
+async def test_every_connection_gets_the_settings_the_code_relies_on(database_url: str) -> None:
+    engine = create_engine(DatabaseSettings(url=database_url))
+    try:
+        async with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                shown = [
+                    (await connection.execute(text(f"PRAGMA {name}"))).scalar_one()
+                    for name in ("journal_mode", "foreign_keys", "busy_timeout")
+                ]
+                assert shown == ["wal", 1, 10000]
+                return
+            shown = [
+                (await connection.execute(text(f"SHOW {name}"))).scalar_one()
+                for name in (
+                    "plan_cache_mode",
+                    "lock_timeout",
+                    "idle_in_transaction_session_timeout",
+                )
+            ]
+            # Each prepared statement planned for its own values (a generic plan over a
+            # table that grew since read the whole Ozon id cache per lookup), locks waited
+            # for at most 15 s, a hung transaction ended after a minute.
+            assert shown == ["force_custom_plan", "15s", "1min"]
+    finally:
+        await engine.dispose()
