@@ -40,6 +40,7 @@ from models.stock import StockProduct, StockPushItem
 from schemas.stock import Marketplace
 from tests.stock.fakes import settings_for
 from workmesh.db import create_engine, migrate, session_factory
+from workmesh.runtime import freeze_startup_heap
 from workmesh.settings import DatabaseSettings
 from workmesh.stock.marketplaces import Marketplaces
 from workmesh.stock.metrics import StockMetrics
@@ -165,6 +166,7 @@ async def main(items: int, limits: Limits, only: tuple[Marketplace, ...], url: s
         engine = create_engine(DatabaseSettings(url=url))
         pusher = Pusher(settings, session_factory(engine), StockMetrics(CollectorRegistry()))
         pusher.clients = Marketplaces.build(settings)
+        freeze_startup_heap()  # as `workmesh run` does once its roles have started
         seconds = dict(
             zip(only, await asyncio.gather(*(drain(pusher, m) for m in only)), strict=True)
         )

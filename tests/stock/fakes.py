@@ -152,14 +152,16 @@ class FakeMarketplaces:
             self.violations.append("wildberries: more than 1000 items")
             return web.json_response({"message": "too many items"}, status=400)
         bad = [s for s in stocks if str(s["chrtId"]) in self.unknown]
+        if not bad:
+            for s in stocks:
+                self._set("wildberries", str(s["chrtId"]), s["amount"])
+        # The answer time includes the work above, as a real marketplace's does.
         await _answer_at(now + self.latency)
         if bad:
             self.wb.charge(now, 9)  # a 409 costs ten requests of the limit
             return web.json_response(
                 [{"code": "NotFound", "message": "no such chrtId", "data": bad}], status=409
             )
-        for s in stocks:
-            self._set("wildberries", str(s["chrtId"]), s["amount"])
         return web.Response(status=204)
 
     async def _ym(self, request: web.Request) -> web.Response:
@@ -174,20 +176,21 @@ class FakeMarketplaces:
         try:
             self.requests["yandex"] += 1
             skus = (await request.json())["skus"]
+            answer: tuple[dict[str, Any], int] = ({"status": "OK"}, 200)
+            if len(skus) > 2000:
+                self.violations.append("yandex: more than 2000 SKUs")
+                answer = ({"status": "ERROR"}, 400)
+            elif any(s["sku"] in self.unknown for s in skus):
+                error = {"code": "BAD_REQUEST", "message": "sku"}
+                answer = ({"status": "ERROR", "errors": [error]}, 400)
+            else:
+                for s in skus:
+                    self._set("yandex", s["sku"], s["items"][0]["count"])
+            # The answer time includes the work above, as a real marketplace's does.
             await _answer_at(
                 started + (self.latency if self.ym_latency is None else self.ym_latency)
             )
-            if len(skus) > 2000:
-                self.violations.append("yandex: more than 2000 SKUs")
-                return web.json_response({"status": "ERROR"}, status=400)
-            if any(s["sku"] in self.unknown for s in skus):
-                return web.json_response(
-                    {"status": "ERROR", "errors": [{"code": "BAD_REQUEST", "message": "sku"}]},
-                    status=400,
-                )
-            for s in skus:
-                self._set("yandex", s["sku"], s["items"][0]["count"])
-            return web.json_response({"status": "OK"})
+            return web.json_response(answer[0], status=answer[1])
         finally:
             self.ym_in_flight -= 1
 
