@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from typing import cast
+
+from sqlalchemy import QueuePool, text
 
 from workmesh.db import create_engine
 from workmesh.settings import DatabaseSettings
@@ -31,5 +33,19 @@ async def test_every_connection_gets_the_settings_the_code_relies_on(database_ur
             # table that grew since read the whole Ozon id cache per lookup), locks waited
             # for at most 15 s, a hung transaction ended after a minute.
             assert shown == ["force_custom_plan", "15s", "1min"]
+    finally:
+        await engine.dispose()
+
+
+async def test_the_pool_keeps_the_connections_a_busy_role_uses(database_url: str) -> None:
+    # SQLAlchemy's default of 5 made the order API open and close PostgreSQL connections
+    # every busy second (it writes up to 8 at a time beside the sync consumers).
+    engine = create_engine(DatabaseSettings(url=database_url))
+    try:
+        pool = cast(QueuePool, engine.pool)
+        assert (pool.size(), pool._max_overflow) == (20, 10)
+        small = create_engine(DatabaseSettings(url=database_url, pool_size=2, max_overflow=0))
+        assert cast(QueuePool, small.pool).size() == 2
+        await small.dispose()
     finally:
         await engine.dispose()

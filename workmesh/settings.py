@@ -32,6 +32,13 @@ class DatabaseSettings(BaseSettings):
     # The embedded default; the same code serves postgresql+asyncpg://... URLs.
     url: str = "sqlite+aiosqlite:///./workmesh.db"
     echo: bool = False
+    # Connections each process keeps open, and how many more it may open for a burst (closed
+    # again after it). Kept above what a role uses at once in steady work: the order API
+    # writes up to ``ORDERS_DB_PARALLEL`` (8) at a time beside the sync consumers, and with
+    # SQLAlchemy's default of 5 every busy second opened and closed PostgreSQL connections
+    # (a TLS attempt, authentication and settings each time).
+    pool_size: int = Field(default=20, ge=1, le=200)
+    max_overflow: int = Field(default=10, ge=0, le=200)
 
 
 class HttpSettings(BaseSettings):
