@@ -74,6 +74,14 @@ class SnapshotBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     snapshots: list[SnapshotItem] = Field(min_length=1, max_length=MAX_SNAPSHOTS)
+    answers: bool = Field(
+        default=False,
+        description=(
+            "true: the receiver's answer to each order that needs one (the seed's '+' rows) "
+            "comes back in the result as 'answer', and the receiver does not send it again; "
+            "the sender applies it. false: the receiver sends its answers on its own."
+        ),
+    )
 
 
 class Resolve(BaseModel):

@@ -277,6 +277,10 @@ class FakePeer:
     def __init__(self) -> None:
         self.port = free_port()
         self.received: list[tuple[str, dict[str, Any]]] = []
+        # Each batch request's flags (everything but the snapshots), as sent.
+        self.batches: list[dict[str, Any]] = []
+        # What the peer answers in a batch's response, by order id (when asked for answers).
+        self.answers: dict[str, Any] = {}
         self._runner: web.AppRunner | None = None
 
     @property
@@ -291,14 +295,19 @@ class FakePeer:
             return web.json_response({"outcome": "applied"})
 
         async def sync_many(request: web.Request) -> web.Response:
-            snapshots = (await request.json()).get("snapshots")
+            batch = await request.json()
+            snapshots = batch.pop("snapshots", None)
             if not isinstance(snapshots, list) or not 1 <= len(snapshots) <= MAX_SNAPSHOTS:
                 return web.json_response({"error": "snapshots: 1 to 500 of them"}, status=422)
+            self.batches.append(batch)
             results = []
             for snap in snapshots:
                 order_id = snap.pop("id")
                 self.received.append((order_id, snap))
-                results.append({"id": order_id, "outcome": "applied"})
+                result = {"id": order_id, "outcome": "applied"}
+                if batch.get("answers") and order_id in self.answers:
+                    result["answer"] = self.answers[order_id]
+                results.append(result)
             return web.json_response({"results": results})
 
         async def listing(request: web.Request) -> web.Response:
@@ -323,3 +332,29 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "pair(a=, b=, a_pushes=, one_vhost=): options of the pair fixture"
     )
+
+
+@contextlib.asynccontextmanager
+async def facing_fake_peer(
+    amqp_url: str, database_url: str, **overrides: Any
+) -> AsyncIterator[tuple[Instance, FakePeer]]:
+    """Instance A (FAST settings, with ``overrides``) whose peer is a ``FakePeer``."""
+    peer = FakePeer()
+    await peer.start()
+    instance = Instance("A", amqp_url, database_url)
+    instance.settings = make_settings(amqp_url, database_url)
+    settings = OrdersSettings(
+        instance="A", peer_url=peer.url, peer_token="t", **{**FAST, **overrides}
+    )
+    instance.orders = OrdersCapability(settings)
+    instance.mesh = Mesh(instance.settings, "orders", [instance.orders])
+    try:
+        async with aiohttp.ClientSession() as http:
+            instance.http = http
+            await instance.mesh.start()
+            try:
+                yield instance, peer
+            finally:
+                await instance.mesh.stop()
+    finally:
+        await peer.stop()

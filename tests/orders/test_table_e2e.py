@@ -9,15 +9,11 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.conftest import eventually, make_settings
-from tests.orders.conftest import FAST, FakePeer, Instance
-from workmesh.orders.capability import OrdersCapability
-from workmesh.orders.settings import OrdersSettings
+from tests.conftest import eventually
+from tests.orders.conftest import FakePeer, Instance, facing_fake_peer
 from workmesh.orders.states import TABLE, State, transition
-from workmesh.runtime import Mesh
 
 ORDER: dict[str, Any] = {"customer": "Anna", "status": "new", "items": [], "note": ""}
 THEIRS: dict[str, Any] = {**ORDER, "note": "the peer's version"}
@@ -123,25 +119,10 @@ class Walk:
 
 @pytest.fixture
 async def walk(amqp_url: str, database_url: str) -> AsyncIterator[Walk]:
-    peer = FakePeer()
-    await peer.start()
-    instance = Instance("A", amqp_url, database_url)
-    instance.settings = make_settings(amqp_url, database_url)
     # One sync queue (sends in order), and no resend during the walk.
-    settings = OrdersSettings(
-        instance="A", peer_url=peer.url, peer_token="t", **{**FAST, "shards": 1,
-                                                             "resend_after": 600.0},
-    )  # fmt: skip
-    instance.orders = OrdersCapability(settings)
-    instance.mesh = Mesh(instance.settings, "orders", [instance.orders])
-    async with aiohttp.ClientSession() as http:
-        instance.http = http
-        await instance.mesh.start()
-        try:
-            yield Walk(instance, peer)
-        finally:
-            await instance.mesh.stop()
-            await peer.stop()
+    quiet = {"shards": 1, "resend_after": 600.0}
+    async with facing_fake_peer(amqp_url, database_url, **quiet) as (instance, peer):
+        yield Walk(instance, peer)
 
 
 SETTLED_STATES = [s for s in State if s is not State.SYNC]

@@ -194,6 +194,7 @@ def add_routes(
             raise ApiError(422, f"this is instance {instance}: snapshots from itself")
         items = [(str(item.id), Snapshot.model_validate(item, from_attributes=True))
                  for item in batch.snapshots]  # fmt: skip
+        answers = batch.answers
         # Applied in id order (an order's own snapshots keep theirs): every transaction that
         # locks several orders takes them in that order, so two never deadlock.
         applying = sorted(range(len(items)), key=lambda n: items[n][0])
@@ -201,26 +202,35 @@ def add_routes(
         try:
             async with writes, sessions() as session, session.begin():
                 for n in applying:
-                    results[n] = await _receive(session, *items[n])
+                    results[n] = await _receive(session, *items[n], answers)
         except SQLAlchemyError as error:
             log.info("orders: a batch of %d failed whole (%s); one by one", len(items), error)
             for n in applying:
-                results[n] = await _receive_alone(*items[n])
-        await asyncio.gather(*(publish(r["id"], r["rev"]) for r in results if r.get("send_back")))
+                results[n] = await _receive_alone(*items[n], answers)
+        # Answers not carried in the response go the usual way: an event, then a push.
+        await asyncio.gather(
+            *(publish(r["id"], r["rev"]) for r in results if r.get("send_back") and not answers)
+        )
         for result in results:
             result.pop("rev", None)
         return json_response({"results": results})
 
-    async def _receive(session: AsyncSession, order_id: str, snap: Snapshot) -> dict[str, Any]:
+    async def _receive(
+        session: AsyncSession, order_id: str, snap: Snapshot, answer: bool = False
+    ) -> dict[str, Any]:
         result = await service.receive(session, order_id, snap)
-        rev = (await service.get(session, order_id)).rev
-        return {"id": order_id, "outcome": result.outcome, "state": result.state.name,
-                "send_back": result.send_back, "rev": rev}  # fmt: skip
+        order = await service.get(session, order_id)
+        done = {"id": order_id, "outcome": result.outcome, "state": result.state.name,
+                "send_back": result.send_back, "rev": order.rev}  # fmt: skip
+        if answer and result.send_back:
+            done["answer"] = service.snapshot(order, instance).model_dump(mode="json")
+            service.answered(order)
+        return done
 
-    async def _receive_alone(order_id: str, snap: Snapshot) -> dict[str, Any]:
+    async def _receive_alone(order_id: str, snap: Snapshot, answer: bool) -> dict[str, Any]:
         try:
             async with writes, sessions() as session, session.begin():
-                return await _receive(session, order_id, snap)
+                return await _receive(session, order_id, snap, answer)
         except SQLAlchemyError as error:
             return {"id": order_id, "error": f"not applied, send again: {type(error).__name__}"}
 

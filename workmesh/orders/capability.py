@@ -113,11 +113,16 @@ class OrdersCapability:
         assert self._mesh is not None
         assert self.peer is not None
         try:
-            await sync.push_many(self._mesh.sessions, self.peer, self.settings.instance, order_ids)
+            to_send = await sync.push_many(
+                self._mesh.sessions, self.peer, self.settings.instance, order_ids
+            )
         except SQLAlchemyError as error:
             # Not a reason to dead-letter the events: the orders stay in the outbox, and the
             # resend sweep sends them again.
             log.warning("orders: %d snapshots not sent (database: %s)", len(order_ids), error)
+            return
+        for order_id, rev in to_send:
+            await self.publish(order_id, rev)
 
     def _enter(self) -> None:
         self._busy += 1

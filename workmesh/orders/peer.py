@@ -5,10 +5,12 @@ the resend sweep."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -23,6 +25,25 @@ PREFIX = "/api/v1/orders"
 
 class PeerError(Exception):
     """The peer did not take the request; the text says why."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one order sent in a batch."""
+
+    error: str | None  # None: the peer applied it
+    answer: Snapshot | None = None  # the peer's answer to it, when it has one
+
+
+def _delivery(result: dict[str, Any]) -> Delivery:
+    answer = result.get("answer")
+    if answer is None:
+        return Delivery(result.get("error"))
+    try:
+        return Delivery(result.get("error"), Snapshot.model_validate(answer))
+    except ValidationError as problem:
+        # Applied there, but we cannot read what it says: sent again later, answered again.
+        return Delivery(f"the peer's answer is malformed: {problem.errors()[:1]}")
 
 
 class _Retryable(PeerError):
@@ -71,15 +92,15 @@ class Peer:
                     raise _Retryable(f"{method} {path}: {type(error).__name__}: {error}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def put_snapshots(self, snapshots: list[tuple[str, Snapshot]]) -> dict[str, str | None]:
-        """Send several orders' snapshots in one request. Returns each order's error, or None
-        where the peer applied it."""
+    async def put_snapshots(self, snapshots: list[tuple[str, Snapshot]]) -> dict[str, Delivery]:
+        """Send several orders' snapshots in one request, asking for the peer's answers in
+        its response. Returns what became of each order."""
         batch = {"snapshots": [{"id": order_id, **snap.model_dump(mode="json")}
-                               for order_id, snap in snapshots]}  # fmt: skip
+                               for order_id, snap in snapshots], "answers": True}  # fmt: skip
         body = await self._request("POST", f"{PREFIX}/sync", json=batch)
         try:
-            return {str(r["id"]): r.get("error") for r in body["results"]}
-        except (KeyError, TypeError) as error:
+            return {str(r["id"]): _delivery(r) for r in body["results"]}
+        except (KeyError, TypeError, AttributeError) as error:
             raise PeerError(f"POST {PREFIX}/sync: an answer without results: {error}") from None
 
     async def list_page(

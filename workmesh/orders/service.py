@@ -214,6 +214,15 @@ async def page(
     return list((await session.execute(query)).scalars())
 
 
+def answered(order: Order) -> None:
+    """The order's snapshot goes to the peer in the answer being written: out of the outbox,
+    in the same transaction that made it. A lost answer is no loss: the peer still waits and
+    sends its snapshot again, which is answered again."""
+    order.outbox = False
+    order.last_sent_at = utcnow()
+    order.last_send_error = None
+
+
 def _version(snap: Snapshot) -> dict[str, Any]:
     return {"body": snap.body.model_dump(mode="json"), "deleted": snap.deleted}
 

@@ -14,7 +14,7 @@ from models.base import utcnow
 from models.orders import Order
 from schemas.orders import OrderOut, Snapshot
 from workmesh.orders import service
-from workmesh.orders.peer import Peer, PeerError
+from workmesh.orders.peer import Delivery, Peer, PeerError
 from workmesh.orders.states import WAITING
 
 log = logging.getLogger(__name__)
@@ -28,36 +28,52 @@ def needs_sending(order: Order) -> bool:
 
 async def push_many(
     sessions: async_sessionmaker[AsyncSession], peer: Peer, instance: str, order_ids: list[str]
-) -> None:
-    """Send the current snapshots of those of ``order_ids`` that must go, in one request, and
-    record for each whether the peer took it (a failure keeps it in the outbox)."""
+) -> list[tuple[str, int]]:
+    """Send the current snapshots of those of ``order_ids`` that must go, in one request;
+    record for each whether the peer took it (a failure keeps it in the outbox) and apply
+    the answers the peer gave in its response. Returns the orders whose snapshot must now go
+    to the peer (an answer that needs an answer, as an ERROR does)."""
     async with sessions() as session:
         orders = (await session.execute(select(Order).where(Order.id.in_(order_ids)))).scalars()
         going = [(o.id, service.snapshot(o, instance), o.rev) for o in orders if needs_sending(o)]
     if not going:
-        return
+        return []
     try:
-        errors = await peer.put_snapshots([(order_id, snap) for order_id, snap, _ in going])
+        delivered = await peer.put_snapshots([(order_id, snap) for order_id, snap, _ in going])
     except PeerError as problem:
-        errors = {order_id: str(problem) for order_id, _, _ in going}
+        delivered = {order_id: Delivery(str(problem)) for order_id, _, _ in going}
     outcomes: list[dict[str, Any]] = []
+    answers: list[tuple[str, Snapshot]] = []
     for order_id, _, rev in sorted(going):
-        error = errors.get(order_id, "the peer's answer left it out")
-        if error is not None:
-            log.info("order %s not sent to the peer: %s", order_id, error)
+        delivery = delivered.get(order_id, Delivery("the peer's answer left it out"))
+        if delivery.error is not None:
+            log.info("order %s not sent to the peer: %s", order_id, delivery.error)
+        elif delivery.answer is not None:
+            answers.append((order_id, delivery.answer))
         # Revisions start at 1: rev 0 never matches, so a failed send keeps its outbox place.
-        outcomes.append({"b_id": order_id, "b_rev": rev if error is None else 0, "b_error": error})
+        outcomes.append({"b_id": order_id, "b_rev": rev if delivery.error is None else 0,
+                         "b_error": delivery.error})  # fmt: skip
     rows: Table = Order.__table__  # type: ignore[assignment]
     # Only the revision sent is acknowledged: a newer change keeps its outbox place. One
     # statement, rows in id order: every transaction that locks several orders (this one,
     # a batch from the peer) takes them in that order, so two never deadlock.
     outbox = case((rows.c.rev == bindparam("b_rev"), False), else_=rows.c.outbox)
+    to_send: list[tuple[str, int]] = []
     async with sessions() as session, session.begin():
         await session.execute(
             update(rows).where(rows.c.id == bindparam("b_id"))
             .values(last_sent_at=utcnow(), last_send_error=bindparam("b_error"), outbox=outbox),
             outcomes,
         )  # fmt: skip
+        # The peer's answers, as if it had sent them (in id order, like the rows above).
+        for order_id, answer in answers:
+            if answer.sender == instance:
+                log.warning("order %s: the peer answered as this instance; ignored", order_id)
+                continue
+            result = await service.receive(session, order_id, answer)
+            if result.send_back:
+                to_send.append((order_id, (await service.get(session, order_id)).rev))
+    return to_send
 
 
 async def due(session: AsyncSession, resend_after: float) -> list[str]:
