@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
 from rabbitmq.topology import INTAKE_QUEUE, MAX_PRIORITY, TOKEN_HEADER
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 # A task's id when the producer gave neither id nor idempotency key, derived from the AMQP
 # message_id if there is one, so a redelivered message does not make a second task.
 MESSAGE_ID_NAMESPACE = uuid.UUID("5b1f4a5e-0f7a-4a43-9a57-2b8f3e1c9d10")
+# Channels a turn asks on at once (basic.get waits for its answer one at a time on each).
+INTAKE_CHANNELS = 4
 
 
 def validation_summary(error: ValidationError) -> str:
@@ -58,15 +60,34 @@ class Intake:
     """The intake queue's side of a leader cycle: take, plan (between the turn's read and write),
     publish the assignments, settle the messages."""
 
-    def __init__(self, state: LeaderState, queues: list[AbstractQueue]) -> None:
+    def __init__(
+        self, state: LeaderState, queues: list[AbstractQueue], doorbell: AbstractQueue
+    ) -> None:
         self.state = state
         # The intake queue as seen from several channels: basic.get waits for its answer
         # one at a time on a channel, so a turn that needs many asks on all of them at once.
         self.queues = queues
-        self.queue = queues[0]
+        # The doorbell consumes on a channel of its own. A message it delivers just before
+        # its cancel lands waits for the next turn; on a channel shared with basic.get, the
+        # turn's one multiple-ack (settle) would have acknowledged it unprocessed, and its
+        # own later ack closed the channel (RabbitMQ: "unknown delivery tag").
+        self.queue = doorbell
         self._rung: list[AbstractIncomingMessage] = []
         self._admin_digest = hash_token(state.settings.security.admin_token)
         self.doorbell = asyncio.Event()
+
+    @classmethod
+    async def open(cls, connection: AbstractConnection, state: LeaderState) -> Intake:
+        """The intake queue on ``INTAKE_CHANNELS`` channels for basic.get and one more for
+        the doorbell."""
+        queues = []
+        for _ in range(INTAKE_CHANNELS):
+            # basic.get only: not limited by prefetch.
+            channel = await connection.channel()
+            queues.append(await channel.get_queue(INTAKE_QUEUE, ensure=False))
+        doorbell = await connection.channel()
+        await doorbell.set_qos(prefetch_count=1)
+        return cls(state, queues, await doorbell.get_queue(INTAKE_QUEUE, ensure=False))
 
     async def take(self, count: int, rung_only: bool = False) -> list[AbstractIncomingMessage]:
         """Up to ``count`` messages: one basic.get each, highest priority first.

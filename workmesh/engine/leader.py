@@ -19,7 +19,6 @@ from aio_pika.abc import AbstractConnection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rabbitmq.topology import (
-    INTAKE_QUEUE,
     LEADER_LOCK_QUEUE,
     REPORTS_QUEUE,
     declare_topology,
@@ -41,7 +40,6 @@ REPORTS_PREFETCH = 512
 STANDBY_RETRY = 1.0
 RECONNECT_DELAY = 1.0
 GRACE_SECONDS = 10.0
-INTAKE_CHANNELS = 4
 
 
 class Dispatcher:
@@ -116,13 +114,7 @@ class Dispatcher:
         await state.reload()
         await review.review()
 
-        intake_queues = []
-        for _ in range(INTAKE_CHANNELS):
-            intake_channel = await connection.channel()
-            # Applies to the doorbell consumer only; basic.get is not limited by prefetch.
-            await intake_channel.set_qos(prefetch_count=1)
-            intake_queues.append(await intake_channel.get_queue(INTAKE_QUEUE, ensure=False))
-        intake = Intake(state, intake_queues)
+        intake = await Intake.open(connection, state)
 
         reports_channel = await connection.channel()
         await reports_channel.set_qos(prefetch_count=REPORTS_PREFETCH)
