@@ -17,6 +17,7 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from models.orders import Order
 from schemas.orders import OrderBody, OrderCreate, Resolve, Snapshot, SnapshotBatch
 from workmesh.api.common import ApiError, json_response, principal, read_body
 from workmesh.orders import service
@@ -201,8 +202,9 @@ def add_routes(
         results: list[dict[str, Any]] = [{} for _ in items]
         try:
             async with writes, sessions() as session, session.begin():
-                for n in applying:
-                    results[n] = await _receive(session, *items[n], answers)
+                received = await service.receive_many(session, [items[n] for n in applying])
+                for n, outcome in zip(applying, received, strict=True):
+                    results[n] = _result(await service.get(session, items[n][0]), outcome, answers)
         except SQLAlchemyError as error:
             log.info("orders: a batch of %d failed whole (%s); one by one", len(items), error)
             for n in applying:
@@ -219,8 +221,10 @@ def add_routes(
         session: AsyncSession, order_id: str, snap: Snapshot, answer: bool = False
     ) -> dict[str, Any]:
         result = await service.receive(session, order_id, snap)
-        order = await service.get(session, order_id)
-        done = {"id": order_id, "outcome": result.outcome, "state": result.state.name,
+        return _result(await service.get(session, order_id), result, answer)
+
+    def _result(order: Order, result: service.Received, answer: bool) -> dict[str, Any]:
+        done = {"id": order.id, "outcome": result.outcome, "state": result.state.name,
                 "send_back": result.send_back, "rev": order.rev}  # fmt: skip
         if answer and result.send_back:
             done["answer"] = service.snapshot(order, instance).model_dump(mode="json")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -91,9 +92,17 @@ async def _locked(session: AsyncSession, order_id: str) -> Order | None:
     the same order take turns instead of both writing what they read (a lost update)."""
     if session.get_bind().dialect.name == "sqlite":
         # SQLite has no FOR UPDATE, and its driver begins the transaction only at the first
-        # write, so a plain read would be outside it. A no-op write first takes the
-        # database's write lock; the read below is then inside the serialised transaction.
-        await session.execute(sql_update(Order).where(Order.id == order_id).values(rev=Order.rev))
+        # write, so a plain read would be outside it. A no-op write takes the database's
+        # write lock and returns the row in the same statement: SQLite takes one writer at a
+        # time, and every trip to aiosqlite's thread is time the lock is held.
+        locked = await session.execute(
+            sql_update(Order)
+            .where(Order.id == order_id)
+            .values(rev=Order.rev)
+            .returning(Order)
+            .execution_options(populate_existing=True, synchronize_session=False)
+        )
+        return locked.scalar_one_or_none()
     return await session.get(Order, order_id, with_for_update=True, populate_existing=True)
 
 
@@ -229,11 +238,50 @@ def _version(snap: Snapshot) -> dict[str, Any]:
 
 async def receive(session: AsyncSession, order_id: str, snap: Snapshot) -> Received:
     """Apply a snapshot from the peer: drop old news, then the transition table."""
-    order = await _locked(session, order_id)
+    return _take(session, order_id, await _locked(session, order_id), snap)[0]
+
+
+async def receive_many(
+    session: AsyncSession, snapshots: Sequence[tuple[str, Snapshot]]
+) -> list[Received]:
+    """``receive`` for several snapshots in one transaction, in the order given, with every
+    order they name locked by one statement: on SQLite one trip to its thread instead of one
+    per order, all of it time the database's one write lock is held."""
+    orders = await _locked_many(session, sorted({order_id for order_id, _ in snapshots}))
+    results = []
+    for order_id, snap in snapshots:
+        received, orders[order_id] = _take(session, order_id, orders.get(order_id), snap)
+        results.append(received)
+    return results
+
+
+async def _locked_many(session: AsyncSession, order_ids: list[str]) -> dict[str, Order]:
+    """The orders that exist of ``order_ids``, locked as ``_locked`` locks one (in id order
+    on PostgreSQL, as every transaction that locks several orders takes them)."""
+    if not order_ids:
+        return {}
+    if session.get_bind().dialect.name == "sqlite":
+        query: Any = (
+            sql_update(Order).where(Order.id.in_(order_ids)).values(rev=Order.rev)
+            .returning(Order)
+            .execution_options(populate_existing=True, synchronize_session=False)
+        )  # fmt: skip
+    else:
+        query = (
+            select(Order).where(Order.id.in_(order_ids)).order_by(Order.id).with_for_update()
+            .execution_options(populate_existing=True)
+        )  # fmt: skip
+    return {order.id: order for order in (await session.execute(query)).scalars()}
+
+
+def _take(
+    session: AsyncSession, order_id: str, order: Order | None, snap: Snapshot
+) -> tuple[Received, Order]:
+    """``receive`` on the order as locked (None: not here); returns the order after it."""
     received = State(snap.state)
     if order is not None:
         if snap.epoch < order.epoch:
-            return Received("stale", State(order.sync_state), False)
+            return Received("stale", State(order.sync_state), False), order
         if snap.epoch > order.epoch:
             # The peer resolved a collision or error: start again from a synced order.
             order.epoch = snap.epoch
@@ -241,14 +289,14 @@ async def receive(session: AsyncSession, order_id: str, snap: Snapshot) -> Recei
             order.error = None
             _changed(order, State.DEL_SYNCED if order.deleted else State.OK)
         elif snap.rev < order.peer_rev or (snap.rev == order.peer_rev and received in ACKS):
-            return Received("stale", State(order.sync_state), False)
+            return Received("stale", State(order.sync_state), False), order
         elif snap.rev == order.peer_rev and received in FLAGGED - WAITING:
-            return Received("duplicate", State(order.sync_state), False)
+            return Received("duplicate", State(order.sync_state), False), order
         was = State(order.sync_state)
         if received in ACKS and was in WAITING - {State.ERROR} and snap.ack < order.rev:
             # An answer to an older revision: ours changed since; the newer one is on its way.
             order.peer_rev = snap.rev
-            return Received("outdated-ack", was, False)
+            return Received("outdated-ack", was, False), order
         if received in (State.UPD, State.DEL) and was in WAITING and snap.ack >= order.rev:
             # The peer changed the order after applying our latest: its change carries the
             # acknowledgement we have not seen (it may be lost or late).
@@ -271,12 +319,12 @@ async def receive(session: AsyncSession, order_id: str, snap: Snapshot) -> Recei
         if received is State.ERROR:
             order.error = snap.error or "the peer reported an error"
         session.add(order)
-        return Received("applied", row.becomes, row.send_back)
+        return Received("applied", row.becomes, row.send_back), order
     _apply(order, row, snap)
     order.peer_rev = max(order.peer_rev, snap.rev)
     if received is State.ERROR:
         order.error = snap.error or "the peer reported an error"
-    return Received("applied", row.becomes, row.send_back)
+    return Received("applied", row.becomes, row.send_back), order
 
 
 def _apply(order: Order, row: Any, snap: Snapshot) -> None:
@@ -301,7 +349,7 @@ def _apply(order: Order, row: Any, snap: Snapshot) -> None:
 
 def _error(
     session: AsyncSession, order: Order | None, order_id: str, snap: Snapshot, reason: str
-) -> Received:
+) -> tuple[Received, Order]:
     """An unlisted combination: ERROR here, and the error goes to the peer."""
     log.warning(
         "order %s: %s (snapshot rev %d ack %d from %s; here rev %s ack %s outbox %s)",
@@ -323,4 +371,4 @@ def _error(
     order.theirs = _version(snap)
     order.error = reason
     order.outbox = True
-    return Received("error", State.ERROR, True)
+    return Received("error", State.ERROR, True), order

@@ -69,8 +69,9 @@ async def push_many(
         for order_id, answer in answers:
             if answer.sender == instance:
                 log.warning("order %s: the peer answered as this instance; ignored", order_id)
-                continue
-            result = await service.receive(session, order_id, answer)
+        answers = [(order_id, answer) for order_id, answer in answers if answer.sender != instance]
+        received = await service.receive_many(session, answers)
+        for (order_id, _), result in zip(answers, received, strict=True):
             if result.send_back:
                 to_send.append((order_id, (await service.get(session, order_id)).rev))
     return to_send
