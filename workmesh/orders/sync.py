@@ -48,6 +48,8 @@ async def push_many(
         delivery = delivered.get(order_id, Delivery("the peer's answer left it out"))
         if delivery.error is not None:
             log.info("order %s not sent to the peer: %s", order_id, delivery.error)
+        elif delivery.answer is not None and delivery.answer.sender == instance:
+            log.warning("order %s: the peer answered as this instance; ignored", order_id)
         elif delivery.answer is not None:
             answers.append((order_id, delivery.answer))
         # Revisions start at 1: rev 0 never matches, so a failed send keeps its outbox place.
@@ -66,10 +68,6 @@ async def push_many(
             outcomes,
         )  # fmt: skip
         # The peer's answers, as if it had sent them (in id order, like the rows above).
-        for order_id, answer in answers:
-            if answer.sender == instance:
-                log.warning("order %s: the peer answered as this instance; ignored", order_id)
-        answers = [(order_id, answer) for order_id, answer in answers if answer.sender != instance]
         received = await service.receive_many(session, answers)
         for (order_id, _), result in zip(answers, received, strict=True):
             if result.send_back:
