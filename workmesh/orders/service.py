@@ -90,20 +90,7 @@ def _changed(order: Order, state: State | None = None) -> None:
 async def _locked(session: AsyncSession, order_id: str) -> Order | None:
     """The order, locked for this transaction: a local edit and a snapshot from the peer for
     the same order take turns instead of both writing what they read (a lost update)."""
-    if session.get_bind().dialect.name == "sqlite":
-        # SQLite has no FOR UPDATE, and its driver begins the transaction only at the first
-        # write, so a plain read would be outside it. A no-op write takes the database's
-        # write lock and returns the row in the same statement: SQLite takes one writer at a
-        # time, and every trip to aiosqlite's thread is time the lock is held.
-        locked = await session.execute(
-            sql_update(Order)
-            .where(Order.id == order_id)
-            .values(rev=Order.rev)
-            .returning(Order)
-            .execution_options(populate_existing=True, synchronize_session=False)
-        )
-        return locked.scalar_one_or_none()
-    return await session.get(Order, order_id, with_for_update=True, populate_existing=True)
+    return (await _locked_many(session, [order_id])).get(order_id)
 
 
 async def create(session: AsyncSession, data: OrderCreate, instance: str) -> tuple[Order, bool]:
@@ -256,11 +243,15 @@ async def receive_many(
 
 
 async def _locked_many(session: AsyncSession, order_ids: list[str]) -> dict[str, Order]:
-    """The orders that exist of ``order_ids``, locked as ``_locked`` locks one (in id order
-    on PostgreSQL, as every transaction that locks several orders takes them)."""
+    """The orders that exist of ``order_ids``, locked for this transaction in one statement
+    (on PostgreSQL in id order, as every transaction that locks several orders takes them)."""
     if not order_ids:
         return {}
     if session.get_bind().dialect.name == "sqlite":
+        # SQLite has no FOR UPDATE, and its driver begins the transaction only at the first
+        # write, so a plain read would be outside it. A no-op write takes the database's
+        # write lock and returns the rows in the same statement: SQLite takes one writer at a
+        # time, and every trip to aiosqlite's thread is time the lock is held.
         query: Any = (
             sql_update(Order).where(Order.id.in_(order_ids)).values(rev=Order.rev)
             .returning(Order)
