@@ -16,10 +16,11 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Select, Table, bindparam, insert, or_, select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from models import Task
+from workmesh.bulk import BulkStatement, RowQuery
 
 TASKS: Table = Task.__table__  # type: ignore[assignment]
 
@@ -63,23 +64,39 @@ _WRITTEN = (
 )
 
 
-def _row(values: Any) -> TaskRow:
-    return TaskRow(**dict(values._mapping))
+def _read(ids: int, keys: int) -> Select[Any]:
+    clauses = []
+    if ids:
+        clauses.append(TASKS.c.id.in_([bindparam(f"id{n}") for n in range(ids)]))
+    if keys:
+        clauses.append(TASKS.c.idempotency_key.in_([bindparam(f"key{n}") for n in range(keys)]))
+    return select(*_READ).where(or_(*clauses))
+
+
+_READ_ROWS = RowQuery(_read)
+_READ_NAMES = [c.name for c in _READ]
+_INSERT = BulkStatement(insert(TASKS).values({c.name: bindparam(c.name) for c in TASKS.c}))
+_UPDATE = BulkStatement(
+    update(TASKS)
+    .where(TASKS.c.id == bindparam("b_id"), TASKS.c.version == bindparam("b_version"))
+    .values(
+        {name: bindparam(name) for name in _WRITTEN}
+        | {"updated_at": bindparam("b_now"), "version": TASKS.c.version + 1}
+    )
+)
+_ROW_FIELDS = [f.name for f in fields(TaskRow)]
 
 
 def read_rows(
     connection: Connection, ids: Collection[str], keys: Collection[str] = ()
 ) -> list[TaskRow]:
     """The tasks named by id or by idempotency key, in one query."""
-    clauses = []
-    if ids:
-        clauses.append(TASKS.c.id.in_(ids))
-    if keys:
-        clauses.append(TASKS.c.idempotency_key.in_(keys))
-    if not clauses:
+    if not ids and not keys:
         return []
-    result = connection.execute(select(*_READ).where(or_(*clauses)))
-    return [_row(values) for values in result]
+    values = {f"id{n}": task_id for n, task_id in enumerate(ids)}
+    values.update({f"key{n}": key for n, key in enumerate(keys)})
+    rows = _READ_ROWS.execute_on(connection, (len(ids), len(keys)), values)
+    return [TaskRow(**dict(zip(_READ_NAMES, row, strict=True))) for row in rows]
 
 
 def write_rows(
@@ -96,32 +113,22 @@ def write_rows(
     whole and the turn is read again.
     """
     if inserts:
-        names = [f.name for f in fields(TaskRow)]
-        values = []
-        for row in inserts:
-            item = {name: getattr(row, name) for name in names}
-            item["created_at"] = item["updated_at"] = now
-            values.append(item)
-        connection.execute(insert(TASKS), values)
+        _INSERT.execute_on(
+            connection,
+            [{name: getattr(row, name) for name in _ROW_FIELDS} for row in inserts],
+            {"created_at": now, "updated_at": now},
+        )
     if updates:
         _update_rows(connection, updates, now)
 
 
 def _update_rows(connection: Connection, rows: Sequence[TaskRow], now: datetime) -> None:
-    statement = (
-        update(TASKS)
-        .where(TASKS.c.id == bindparam("b_id"), TASKS.c.version == bindparam("b_version"))
-        .values(
-            {name: bindparam(name) for name in _WRITTEN}
-            | {"updated_at": now, "version": TASKS.c.version + 1}
-        )
-    )
     params = [
         {"b_id": row.id, "b_version": row.version} | {n: getattr(row, n) for n in _WRITTEN}
         for row in rows
     ]
     if connection.dialect.supports_sane_multi_rowcount:
-        changed = connection.execute(statement, params).rowcount
+        changed = _UPDATE.execute_on(connection, params, {"b_now": now})
     else:
         # The driver cannot count what an executemany changed (asyncpg): lock the rows,
         # compare their versions with those read, and only then write them.
@@ -129,7 +136,7 @@ def _update_rows(connection: Connection, rows: Sequence[TaskRow], now: datetime)
         now_at: dict[str, int] = dict(connection.execute(locked.with_for_update()).all())
         changed = sum(now_at.get(row.id) == row.version for row in rows)
         if changed == len(rows):
-            connection.execute(statement, params)
+            _UPDATE.execute_on(connection, params, {"b_now": now})
     if changed != len(rows):
         raise StaleDataError(f"{len(rows) - changed} of {len(rows)} tasks changed meanwhile")
     for row in rows:
