@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 from bench._celery_run import run_celery
 from bench._common import SystemResult, add_vhost, delete_vhost, rabbitmq_pid
 from bench._workmesh import MeshProcess, run_workmesh
+from bench.relay import run as run_relay
 
 ANCHOR = (
     "issue anchor: Celery ~320 tasks/s with confirms, ~690-870 without; bare aio-pika relay "
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="workmesh-bench-"))
     keep = args.keep
     results: list[SystemResult] = []
+    relay: float | None = None
     add_vhost(vhost)
     rabbitmq_pid()  # looked up once, up front (rabbitmqctl is slow)
     log(f"vhost {vhost}, logs in {workdir}")
@@ -94,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as error:
                 results.append(SystemResult(name, "?", notes=[f"failed: {error!r}"]))
                 keep = True
+        if args.only is None:
+            # The contract's ceiling in the same run, so that the ratios hold on a noisy machine.
+            try:
+                relay = run_relay(n, pipelined=True)
+                log(f"bare relay: {relay:.0f} tasks/s")
+            except Exception as error:
+                log(f"bare relay failed: {error!r}")
     finally:
         try:
             delete_vhost(vhost)
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results
     ):
         keep = True
-    print_report(results, n, warmup, rate, seconds, args, time.monotonic() - started)
+    print_report(results, n, warmup, rate, seconds, args, time.monotonic() - started, relay)
     if keep:
         print(f"\nlogs kept in {workdir}")
     else:
@@ -139,7 +148,7 @@ def _fmt(value: float | None, spec: str = ".0f", scale: float = 1.0) -> str:
     return "n/a" if value is None else format(value * scale, spec)
 
 
-def print_report(results, n, warmup, rate, seconds, args, elapsed) -> None:
+def print_report(results, n, warmup, rate, seconds, args, elapsed, relay=None) -> None:
     by = {r.name: r for r in results}
     wm = by.get("workmesh")
     cc = by.get("Celery+confirms")
@@ -255,6 +264,16 @@ def print_report(results, n, warmup, rate, seconds, args, elapsed) -> None:
             print(f"ratio workmesh ({label}) / Celery-with-confirms: {value / cc_recv:.2f}x")
         else:
             print(f"ratio workmesh ({label}) / Celery-with-confirms: n/a")
+
+    if relay is not None:
+        # bench/relay.py: the same three persistent, confirmed messages per task, with no
+        # database and no choice of worker: what the contract allows on this machine.
+        print(
+            f"contract ceiling, bare aio-pika relay pipelined (bench/relay.py, this run): "
+            f"{relay:.0f} tasks/s"
+            + (f" = {relay / cc_recv:.2f}x Celery-with-confirms" if cc_recv else "")
+            + (f"; workmesh (received) at {wm_recv / relay:.0%} of it" if wm_recv else "")
+        )
 
     def verdict(ok: bool | None) -> str:
         return "n/a" if ok is None else ("met" if ok else "MISSED")

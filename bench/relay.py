@@ -93,7 +93,6 @@ async def relay(url: str, tasks: int, pipelined: bool) -> tuple[float, float]:
 
     await (await channel.get_queue(TASKS)).consume(on_task)
     await (await reports_channel.get_queue(REPORTS)).consume(on_report)
-    print("relay ready", flush=True)
     await done.wait()
     last = time.perf_counter()
     await connection.close()
