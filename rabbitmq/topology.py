@@ -105,7 +105,11 @@ HEARTBEATS = QueueSpec(
     {"x-message-ttl": 60_000},
     ((EVENTS_EXCHANGE, HEARTBEAT_KEY),),
 )
-NOTIFY = QueueSpec(NOTIFY_QUEUE, dict(_DEAD_LETTER), ((EVENTS_EXCHANGE, "task.assigned"),))
+# Bound to nothing: the dispatcher leader sends it the assignments of workers that want notices
+# (through the default exchange), so the notifier never handles a bot's assignment.
+NOTIFY = QueueSpec(NOTIFY_QUEUE, dict(_DEAD_LETTER), ())
+# Bindings earlier versions made, removed at start: (queue, exchange, routing key).
+RETIRED_BINDINGS = ((NOTIFY_QUEUE, EVENTS_EXCHANGE, "task.assigned"),)
 DEAD = QueueSpec(DEAD_QUEUE, {}, ((DEAD_EXCHANGE, ""),))
 
 
@@ -136,6 +140,10 @@ async def declare_topology(
     dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
     for spec in (DEAD, INTAKE, REPORTS, HEARTBEATS, NOTIFY):
         await declare_queue(channel, spec)
+    for queue_name, exchange, key in RETIRED_BINDINGS:
+        # RabbitMQ answers unbind-ok for a binding that is not there.
+        queue = await channel.get_queue(queue_name, ensure=False)
+        await queue.unbind(exchange, routing_key=key)
     for delay in retry_delays:
         await declare_queue(channel, retry_queue(delay))
     for worker_id in worker_ids:

@@ -71,6 +71,12 @@ async def notify_by_webhook(harness: Harness, worker_id: str, token: str, hook: 
     )
     assert status == 200, body
     hook.secret = body["webhook_secret"]
+    await dispatcher_reviewed()
+
+
+async def dispatcher_reviewed() -> None:
+    """The dispatcher learns who wants notices at its reviews (every 0.1 s in these tests)."""
+    await asyncio.sleep(0.4)
 
 
 async def test_a_worker_with_no_live_channel_gets_a_signed_webhook(
@@ -148,11 +154,12 @@ async def test_a_worker_whose_socket_closed_is_notified_again(
     assert notified == [("hybrid", second)]
 
 
-async def test_a_webhook_set_later_is_used_at_once(
+async def test_a_webhook_set_later_is_used_from_the_next_review(
     harness: Harness, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The notifier remembers who wants notices; a change through the API must not wait for
-    # that memory to expire (here it would never expire).
+    # The dispatcher reads who wants notices at each review; the notifier remembers it too,
+    # and a change through the API must not wait for that memory to expire (here it never
+    # would).
     monkeypatch.setattr(notify, "NOTICES_TTL", 3600.0)
     await harness.start()
     late = await harness.add_worker("late")
@@ -179,6 +186,7 @@ async def test_a_webhook_set_later_is_used_at_once(
     assert status == 200, body
     receiver.secret = body["webhook_secret"]
     receiver.calls.clear()
+    await dispatcher_reviewed()
     [assignment] = (await poll(harness, late))["assignments"]
     assert await set_status(harness, late, assignment["task_id"], "done") == 200
     third = await submit(harness)
@@ -202,7 +210,7 @@ async def test_a_webhook_that_keeps_failing_is_dead_lettered_with_the_reason(
     task_id = await submit(harness)
     [(headers, body)] = await read_dead_letters(harness.amqp_url, expect=1)
     assert len(receiver.calls) == 3
-    assert headers["x-workmesh-source"] == "task.assigned"
+    assert headers["x-workmesh-source"] == "workmesh.notify"
     assert (
         f"webhook to {receiver.url} failed after 3 tries: HTTP 500"
         in (headers["x-workmesh-reason"])
@@ -285,3 +293,33 @@ async def test_notification_settings_are_the_workers_own(harness: Harness) -> No
     assert status == 422
     status, body = await harness.api("PUT", path.format("ghost"), json={})
     assert status == 404
+
+
+async def test_only_the_assignments_of_workers_that_want_notices_reach_the_notifier(
+    harness: Harness, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handled: list[str] = []
+    on_assigned = notify.Notifier.on_assigned
+
+    async def spy(self: notify.Notifier, task_id: str, worker_id: str) -> None:
+        handled.append(worker_id)
+        await on_assigned(self, task_id, worker_id)
+
+    monkeypatch.setattr(notify.Notifier, "on_assigned", spy)
+    await harness.start()
+    bot = await harness.add_worker("bot", capacity=3)
+    person = await harness.add_worker("person")
+    await notify_by_webhook(harness, "person", person, receiver)
+    for token in (bot, person):
+        await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+    await harness.wait_online("bot")
+    await harness.wait_online("person")
+    tasks = [await submit(harness) for _ in range(4)]
+    for task_id in tasks:
+        await harness.wait_task(task_id, "assigned", status="assigned")
+    await eventually(lambda: len(receiver.calls) == 1, message="the person's webhook")
+    await asyncio.sleep(0.3)
+    # The bot's three assignments never went to the notifier; the person's one did.
+    assert handled == ["person"]
+    [notice] = receiver.verified()
+    assert notice["task"]["task_id"] in tasks

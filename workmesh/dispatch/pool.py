@@ -23,6 +23,8 @@ class PoolWorker:
     online: bool = False
     engaged: bool = False
     token_hash: str = ""
+    # Has a webhook or an email address: its assignments go to the notifier too.
+    wants_notices: bool = False
     tasks: set[str] = field(default_factory=set)
     last_assigned: int = 0  # the number of its latest assignment; lower = waited longer
     idle_since: float = 0.0
@@ -49,6 +51,7 @@ class WorkerRecord:
     # never saw alive has gone silent, and keeps the reserves that were engaged.
     online: bool = False
     engaged: bool = False
+    wants_notices: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class WorkerPool:
                 online=r.online,
                 engaged=r.engaged and r.tier is Tier.RESERVE,
                 token_hash=r.token_hash,
+                wants_notices=r.wants_notices,
                 idle_since=now,
             )
             for r in records
@@ -109,6 +113,7 @@ class WorkerPool:
                 self.workers[record.worker_id] = worker
             worker.tier, worker.capacity = record.tier, record.capacity
             worker.token_hash = record.token_hash
+            worker.wants_notices = record.wants_notices
             alive = (
                 record.last_heartbeat_at is not None
                 and (wall_now - record.last_heartbeat_at).total_seconds() < self.heartbeat_timeout

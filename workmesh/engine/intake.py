@@ -167,13 +167,14 @@ class Intake:
             await message.ack(multiple=True)
         metrics = self.state.metrics
         metrics.batch_size.observe(len(messages))
+        publisher = self.state.publisher
         for task in plan.assigned:
             worker = self.state.pool.workers.get(task.worker_id or "")
             metrics.assignments.labels(tier=worker.tier if worker else "unknown").inc()
-            self.state.publisher.event_soon(
-                "task.assigned",
-                {"task_id": task.id, "worker_id": task.worker_id, "attempt": task.attempt},
-            )
+            assigned = {"task_id": task.id, "worker_id": task.worker_id, "attempt": task.attempt}
+            publisher.event_soon("task.assigned", assigned)
+            if worker is not None and worker.wants_notices:
+                publisher.notice_soon(assigned)
 
     def wanted_rows(self, messages: list[AbstractIncomingMessage]) -> tuple[set[str], set[str]]:
         """The task ids and idempotency keys a batch names (for one shared look-up)."""

@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from rabbitmq.topology import (
     DEAD_EXCHANGE,
     EVENTS_EXCHANGE,
+    NOTIFY_QUEUE,
     ORIGIN_HEADER,
     REASON_HEADER,
     SUBMIT_ROUTING_KEY,
@@ -49,7 +50,7 @@ class MeshPublisher:
     def __init__(self, channel: AbstractChannel, events_channel: AbstractChannel) -> None:
         self.channel = channel
         self.events_channel = events_channel
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Future[Any]] = set()
         self._exchanges: dict[tuple[int, str], aio_pika.abc.AbstractExchange] = {}
 
     async def _exchange(
@@ -92,11 +93,22 @@ class MeshPublisher:
 
     def event_soon(self, routing_key: str, body: dict[str, Any]) -> None:
         """Send an event without waiting for it; a failure is logged, not raised."""
-        task = asyncio.create_task(self.event(routing_key, body))
+        self._soon(self.event(routing_key, body))
+
+    def notice_soon(self, body: dict[str, Any]) -> None:
+        """Hand an assignment to the notifier (workmesh.notify), like an event: at most once."""
+        self._soon(
+            self.events_channel.default_exchange.publish(
+                json_message(body, headers={ORIGIN_HEADER: "mesh"}), routing_key=NOTIFY_QUEUE
+            )
+        )
+
+    def _soon(self, sending: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(sending)
         self._sending.add(task)
         task.add_done_callback(self._sent)
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
+    def _sent(self, task: asyncio.Future[Any]) -> None:
         self._sending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("mesh event not sent: %r", task.exception())

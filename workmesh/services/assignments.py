@@ -45,7 +45,14 @@ async def worker_records(session: AsyncSession) -> list[WorkerRecord]:
     rows = await session.scalars(select(Worker))
     return [
         WorkerRecord(
-            w.id, Tier(w.tier), w.capacity, w.token_hash, w.last_heartbeat_at, w.online, w.engaged
+            w.id,
+            Tier(w.tier),
+            w.capacity,
+            w.token_hash,
+            w.last_heartbeat_at,
+            w.online,
+            w.engaged,
+            wants_notices=bool(w.webhook_url or w.email),
         )
         for w in rows
     ]
