@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from brokers.errors import Unprocessable
 from rabbitmq.topology import HEARTBEATS, TOKEN_HEADER
 from schemas.workers import Heartbeat
-from workmesh.services import workers
+from workmesh.services.heartbeats import HeartbeatBook
+from workmesh.services.workers import UnknownWorker
 
 if TYPE_CHECKING:
     from faststream.rabbit.schemas.queue import ClassicQueueArgs
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 def build_workers_router(sessions: async_sessionmaker[AsyncSession]) -> RabbitRouter:
     router = RabbitRouter()
+    book = HeartbeatBook(sessions)
 
     @router.subscriber(
         # Declared and bound with the rest of the topology (rabbitmq/topology.py).
@@ -31,11 +33,9 @@ def build_workers_router(sessions: async_sessionmaker[AsyncSession]) -> RabbitRo
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
     async def on_heartbeat(body: Heartbeat, message: RabbitMessage) -> None:
-        token = message.headers.get(TOKEN_HEADER)
-        async with sessions() as session, session.begin():
-            try:
-                await workers.record_authenticated_heartbeat(session, body.worker_id, token)
-            except (workers.UnknownWorker, PermissionError) as error:
-                raise Unprocessable(str(error)) from error
+        try:
+            await book.record(body.worker_id, message.headers.get(TOKEN_HEADER))
+        except (UnknownWorker, PermissionError) as error:
+            raise Unprocessable(str(error)) from error
 
     return router

@@ -9,7 +9,7 @@ from models import Task, Worker
 from models.base import utcnow
 from schemas.workers import WorkerCreate, WorkerView
 from workmesh.dispatch.lifecycle import ON_WORKER
-from workmesh.security import hash_token, new_token, same_hash
+from workmesh.security import hash_token, new_token
 
 
 class WorkerExists(ValueError):
@@ -47,18 +47,6 @@ async def replace_worker_token(session: AsyncSession, worker_id: str) -> str:
     token = new_token()
     worker.token_hash = hash_token(token)
     return token
-
-
-async def record_authenticated_heartbeat(
-    session: AsyncSession, worker_id: str, token: object
-) -> None:
-    """A heartbeat over AMQP carries the worker's own token; nobody else may keep it alive."""
-    worker = await session.get(Worker, worker_id)
-    if worker is None:
-        raise UnknownWorker(f"unknown worker {worker_id!r}")
-    if not isinstance(token, str) or not same_hash(hash_token(token), worker.token_hash):
-        raise PermissionError(f"unauthorized: heartbeat without worker {worker_id!r}'s token")
-    worker.last_heartbeat_at = utcnow()
 
 
 async def record_heartbeat(session: AsyncSession, worker_id: str) -> None:
