@@ -26,6 +26,7 @@ def leader_state() -> LeaderState:
     state: Any = SimpleNamespace(
         settings=SimpleNamespace(security=SimpleNamespace(admin_token="t")),
         metrics=SimpleNamespace(batch_size=SimpleNamespace(observe=lambda _: None)),
+        publisher=None,  # nothing assigned: nothing published
     )
     return cast(LeaderState, state)
 

@@ -4,6 +4,7 @@ working over HTTP at once and over AMQP once the dispatcher has reviewed its poo
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.bots import Producer, read_dead_letters
 from tests.conftest import Harness, eventually
@@ -108,11 +109,24 @@ async def test_a_replaced_worker_token_voids_the_old_one(harness: Harness) -> No
     # And over AMQP after a review: a report with the old token is dead-lettered ...
     await a_review_has_run(harness, "probe")
     await bot.publish("task.done", {"task_id": task_id, "worker_id": "b"}, token=old)
-    letters = await read_dead_letters(harness.amqp_url, expect=1)
-    assert any(
-        json.loads(body) == {"task_id": task_id, "worker_id": "b"}
-        and headers["x-workmesh-reason"].startswith("unauthorized")
-        for headers, body in letters
+
+    def the_report(letter: tuple[dict[str, Any], bytes]) -> bool:
+        headers, body = letter
+        reason = str(headers["x-workmesh-reason"])
+        return json.loads(body) == {"task_id": task_id, "worker_id": "b"} and reason.startswith(
+            "unauthorized"
+        )
+
+    # A heartbeat the bot sent with the old token just before the change is refused too
+    # (heartbeats are judged in batches, up to 50 ms after they arrive): look past it.
+    letters: list[tuple[dict[str, Any], bytes]] = []
+    while len(letters) < 3 and not any(the_report(letter) for letter in letters):
+        letters += await read_dead_letters(harness.amqp_url, expect=1)
+    assert any(the_report(letter) for letter in letters), letters
+    assert all(
+        the_report(letter) or headers["x-workmesh-source"] == "worker.heartbeat"
+        for letter in letters
+        for headers in [letter[0]]
     ), letters
     _, task = await harness.api("GET", f"/api/v1/tasks/{task_id}")
     assert task["status"] != "done"
