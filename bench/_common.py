@@ -58,6 +58,7 @@ class Latency:
     sent: int = 0
     samples: list[float] = field(default_factory=list)  # seconds, receive - stamp
     stalled: str | None = None
+    max_load_diff: int | None = None  # sampled from the mesh's view, as in the burst
 
     def percentile(self, p: float) -> float | None:
         if not self.samples:

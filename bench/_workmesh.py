@@ -295,6 +295,17 @@ class Api:
         return int(stats["tasks"]["done"])
 
 
+async def load_diff(api: Api) -> int:
+    """The largest difference between the workers' loads as the mesh reports them (unfinished
+    tasks, all workers here have the same capacity); 0 if the API did not answer."""
+    try:
+        views = (await api.get("/api/v1/workers"))["workers"]
+    except (TimeoutError, aiohttp.ClientError):
+        return 0
+    loads = [int(v["load"]) for v in views]
+    return max(loads) - min(loads)
+
+
 async def _until(check: Any, what: str, limit: float, interval: float = 0.1) -> None:
     deadline = time.monotonic() + limit
     while not await check():
@@ -392,12 +403,7 @@ async def run_workmesh(
         async def sample_mesh() -> None:
             nonlocal max_load_diff
             while sampling:
-                try:
-                    views = (await api.get("/api/v1/workers"))["workers"]
-                    loads = [int(v["load"]) for v in views]
-                    max_load_diff = max(max_load_diff, max(loads) - min(loads))
-                except (TimeoutError, aiohttp.ClientError):
-                    pass
+                max_load_diff = max(max_load_diff, await load_diff(api))
                 await asyncio.sleep(0.5)
 
         samplers = [asyncio.create_task(sample_bots()), asyncio.create_task(sample_mesh())]
@@ -434,7 +440,19 @@ async def run_workmesh(
         # Paced latency.
         latency = Latency(rate, seconds)
         result.latency = latency
+        latency.max_load_diff = 0
+
+        async def sample_paced() -> None:
+            assert latency.max_load_diff is not None
+            while sampling:
+                latency.max_load_diff = max(latency.max_load_diff, await load_diff(api))
+                await asyncio.sleep(0.5)
+
+        sampling = True
+        paced_sampler = asyncio.create_task(sample_paced())
         latency.sent = await producer.paced("lat", rate, seconds)
+        sampling = False
+        await paced_sampler
         latency.stalled = await _wait_progress(lambda: counted("lat"), latency.sent, 15, 0.02)
         latency.samples = [r - s for bot in bots for s, r in bot.stamps.get("lat", [])]
         log(f"workmesh: latency {len(latency.samples)}/{latency.sent} received")
