@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models import Task
 from tests.bots import Producer
 from tests.conftest import Harness, eventually
+from workmesh.services import tasks as tasks_service
 
 
 async def task_status(harness: Harness, task_id: str) -> str:
@@ -231,3 +236,32 @@ async def test_http_worker_fails_and_rejects_and_load_is_reconciled(harness: Har
         row.status = "done"
     _, nxt = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
     await harness.wait_task(nxt["id"], "slot reconciled", status="assigned")
+
+
+async def test_a_cancel_that_races_another_change_answers_409_and_can_be_sent_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mesh = await harness.start()
+    status, task = await harness.api("POST", "/api/v1/tasks", json={"kind": "job", "payload": {}})
+    assert status == 201, task
+    cancel = tasks_service.cancel
+
+    async def raced(session: AsyncSession, task_id: str) -> tuple[Task, str | None]:
+        found = await cancel(session, task_id)
+        # Another change of the task commits between the cancel's read and its commit.
+        async with mesh.sessions() as other, other.begin():
+            changed = await other.get(Task, task_id)
+            assert changed is not None
+            changed.error = "changed meanwhile"
+        return found
+
+    monkeypatch.setattr(tasks_service, "cancel", raced)
+    status, body = await harness.api("POST", f"/api/v1/tasks/{task['id']}/cancel")
+    assert status == 409, body
+    assert "at the same moment" in body["error"]
+    _, now = await harness.api("GET", f"/api/v1/tasks/{task['id']}")
+    assert now["status"] != "cancelled"
+
+    monkeypatch.undo()
+    status, body = await harness.api("POST", f"/api/v1/tasks/{task['id']}/cancel")
+    assert (status, body["status"]) == (200, "cancelled")
