@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Connection, Text, cast, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.test_turn_store import new_task
 from workmesh.db import create_engine
 from workmesh.services import task_rows
 from workmesh.services.task_rows import TASKS, TaskRow
@@ -26,24 +27,17 @@ UNREAD = {"result": None, "submitted_by": "", "created_at": None, "updated_at": 
 
 
 def a_task(**changes: Any) -> TaskRow:
-    base = TaskRow(
-        id=str(uuid.uuid4()),
-        kind="job",
-        payload={"n": 1, "nested": {"ü": [1, 2.5, None]}},
-        priority=7,
-        status="assigned",
-        idempotency_key=None,
-        worker_id=None,
-        attempt=2,
-        max_attempts=3,
-        rejected_by="bot-9",
-        error=None,
-        assigned_at=NOW,
-        finished_at=None,
-        version=1,
-        submitted_by="producer",
-    )
-    return replace(base, **changes)
+    """A row with a value in most columns: nested JSON, an aware datetime, a rejecter."""
+    varied: dict[str, Any] = {
+        "payload": {"n": 1, "nested": {"ü": [1, 2.5, None]}},
+        "priority": 7,
+        "status": "assigned",
+        "attempt": 2,
+        "rejected_by": "bot-9",
+        "assigned_at": NOW,
+        "submitted_by": "producer",
+    }
+    return replace(new_task(), **(varied | changes))
 
 
 @pytest.fixture

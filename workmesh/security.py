@@ -48,3 +48,17 @@ def hash_token(token: str) -> str:
 
 def same_hash(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def header_token(value: object) -> str | None:
+    """A token as an AMQP header carries it (a string, or bytes from some clients); None when
+    the header holds none."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return value if isinstance(value, str) and value else None
+
+
+def header_holds(value: object, token_hash: str) -> bool:
+    """Does this header value hold the token with this hash?"""
+    token = header_token(value)
+    return token is not None and same_hash(hash_token(token), token_hash)

@@ -23,7 +23,7 @@ from schemas.tasks import TaskSubmit
 from workmesh.dispatch.lifecycle import ASSIGNABLE, TaskStatus
 from workmesh.engine.publisher import gather_confirms
 from workmesh.engine.state import LeaderState
-from workmesh.security import ADMIN_BOOTSTRAP, hash_token, same_hash
+from workmesh.security import ADMIN_BOOTSTRAP, hash_token, header_token, same_hash
 from workmesh.services import assignments
 from workmesh.services.task_rows import TaskRow
 
@@ -284,9 +284,5 @@ class Intake:
 
 
 def _token_digest(message: AbstractIncomingMessage) -> str | None:
-    token = (message.headers or {}).get(TOKEN_HEADER)
-    if isinstance(token, bytes):
-        token = token.decode(errors="replace")
-    if not isinstance(token, str) or not token:
-        return None
-    return hash_token(token)
+    token = header_token((message.headers or {}).get(TOKEN_HEADER))
+    return None if token is None else hash_token(token)

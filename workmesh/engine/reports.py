@@ -31,7 +31,7 @@ from workmesh.dispatch.lifecycle import (
 from workmesh.engine.intake import validation_summary
 from workmesh.engine.publisher import gather_confirms
 from workmesh.engine.state import LeaderState
-from workmesh.security import hash_token, same_hash
+from workmesh.security import header_holds
 from workmesh.services import assignments
 from workmesh.services.assignments import apply_transition
 from workmesh.services.task_rows import TaskRow
@@ -164,10 +164,7 @@ class ReportApplier:
         worker = self.state.pool.workers.get(worker_id)
         if worker is None:
             raise Refused(f"unknown worker {worker_id!r}")
-        token = (message.headers or {}).get(TOKEN_HEADER)
-        if isinstance(token, bytes):
-            token = token.decode(errors="replace")
-        if not isinstance(token, str) or not same_hash(hash_token(token), worker.token_hash):
+        if not header_holds((message.headers or {}).get(TOKEN_HEADER), worker.token_hash):
             raise Refused(
                 f"unauthorized: the {TOKEN_HEADER} header must hold worker {worker_id!r}'s token"
             )

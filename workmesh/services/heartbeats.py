@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Worker
 from models.base import utcnow
-from workmesh.security import hash_token, same_hash
+from workmesh.security import header_holds
 from workmesh.services.workers import UnknownWorker
 
 # How long the first heartbeat of a batch waits for others. Heartbeats are judged against a
@@ -91,9 +91,6 @@ class HeartbeatBook:
 def _judge(beat: _Beat, token_hash: str | None) -> Exception | None:
     if token_hash is None:
         return UnknownWorker(f"unknown worker {beat.worker_id!r}")
-    token = beat.token
-    if isinstance(token, bytes):
-        token = token.decode(errors="replace")
-    if not isinstance(token, str) or not same_hash(hash_token(token), token_hash):
+    if not header_holds(beat.token, token_hash):
         return PermissionError(f"unauthorized: heartbeat without worker {beat.worker_id!r}'s token")
     return None
