@@ -197,6 +197,7 @@ def run_celery(
         latency = Latency(rate, seconds)
         result.latency = latency
         total = int(rate * seconds)
+        meter = CpuMeter(standard_pids(worker.process.pid, "driver"))
         t0 = time.monotonic()
         for seq in range(total):
             delay = t0 + seq / rate - time.monotonic()
@@ -205,6 +206,7 @@ def run_celery(
             send("lat", seq)
         latency.sent = total
         latency.stalled = _wait_progress(counted("lat"), total, 15, 0.02)
+        latency.cpu, latency.cpu_window = meter.stop(), meter.elapsed
         latency.samples = [r[2] - r[1] for r in receipts.by_phase.get("lat", [])]
         log(f"{name}: latency {len(latency.samples)}/{total} received")
     finally:

@@ -59,6 +59,11 @@ class Latency:
     samples: list[float] = field(default_factory=list)  # seconds, receive - stamp
     stalled: str | None = None
     max_load_diff: int | None = None  # sampled from the mesh's view, as in the burst
+    # CPU used by each process from the first paced submit until all were received, % of one
+    # core, and that window's length (s): at a paced rate the rate is fixed, so what shows the
+    # machine's headroom is how busy it is and what each task costs.
+    cpu: dict[str, float] = field(default_factory=dict)
+    cpu_window: float = 0.0
 
     def percentile(self, p: float) -> float | None:
         if not self.samples:
@@ -102,10 +107,11 @@ class CpuMeter:
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
         self.start = time.monotonic()
+        self.elapsed = 0.0
         self.before = {name: process_cpu(pid) for name, pid in pids.items()}
 
     def stop(self) -> dict[str, float]:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
+        elapsed = self.elapsed = max(time.monotonic() - self.start, 1e-9)
         return {
             name: 100 * (process_cpu(pid) - self.before[name]) / elapsed
             for name, pid in self.pids.items()

@@ -450,10 +450,12 @@ async def run_workmesh(
 
         sampling = True
         paced_sampler = asyncio.create_task(sample_paced())
+        meter = CpuMeter(standard_pids(mesh.process.pid, "driver"))
         latency.sent = await producer.paced("lat", rate, seconds)
         sampling = False
         await paced_sampler
         latency.stalled = await _wait_progress(lambda: counted("lat"), latency.sent, 15, 0.02)
+        latency.cpu, latency.cpu_window = meter.stop(), meter.elapsed
         latency.samples = [r - s for bot in bots for s, r in bot.stamps.get("lat", [])]
         log(f"workmesh: latency {len(latency.samples)}/{latency.sent} received")
 

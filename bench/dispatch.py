@@ -179,15 +179,29 @@ def print_report(results, n, warmup, rate, seconds, args, elapsed, relay=None) -
     def done_rate(r: SystemResult) -> str:
         return _fmt(r.burst.done_rate) if r.burst and r.name == "workmesh" else "n/a"
 
-    def cpu(r: SystemResult) -> str:
-        if r.burst is None or not r.burst.cpu:
+    def busy(cpu: dict[str, float]) -> str:
+        return " / ".join(f"{v:.0f}" for v in cpu.values()) if cpu else "n/a"
+
+    def per_task(cpu: dict[str, float], seconds_per_task: float | None) -> str:
+        # % of a core x seconds per task / 100 = seconds of CPU per task (printed in ms).
+        if not cpu or not seconds_per_task:
             return "n/a"
-        return " / ".join(f"{v:.0f}" for v in r.burst.cpu.values())
+        return " / ".join(f"{10 * v * seconds_per_task:.2f}" for v in cpu.values())
+
+    def cpu(r: SystemResult) -> str:
+        return busy(r.burst.cpu) if r.burst else "n/a"
 
     def cpu_per_task(r: SystemResult) -> str:
-        if r.burst is None or "server" not in r.burst.cpu or not r.burst.received_rate:
+        rate = r.burst.received_rate if r.burst else None
+        return per_task(r.burst.cpu, 1 / rate) if r.burst and rate else "n/a"
+
+    def paced_cpu(r: SystemResult) -> str:
+        return busy(r.latency.cpu) if r.latency else "n/a"
+
+    def paced_cpu_per_task(r: SystemResult) -> str:
+        if r.latency is None or not r.latency.sent:
             return "n/a"
-        return f"{10 * r.burst.cpu['server'] / r.burst.received_rate:.2f}"
+        return per_task(r.latency.cpu, r.latency.cpu_window / r.latency.sent)
 
     rows = [
         (f"burst of {n}: producer submit rate (tasks/s)", burst_rate("submit_rate")),
@@ -225,7 +239,9 @@ def print_report(results, n, warmup, rate, seconds, args, elapsed, relay=None) -
             ),
         ),
         ("burst CPU %: server/driver/RabbitMQ/machine**", cpu),
-        ("server CPU per task in the burst (ms)", cpu_per_task),
+        ("burst CPU per task (ms): server/driver/RabbitMQ/machine", cpu_per_task),
+        (f"CPU % at {rate:.0f}/s: server/driver/RabbitMQ/machine**", paced_cpu),
+        (f"CPU per task at {rate:.0f}/s (ms): server/driver/RabbitMQ/machine", paced_cpu_per_task),
     ]
     width0 = max(len(label) for label, _ in rows)
     table = [[cell(r, f) for r in cols] for _, f in rows]
@@ -254,9 +270,9 @@ def print_report(results, n, warmup, rate, seconds, args, elapsed, relay=None) -
     print(
         "*  counts in worker-id order. workmesh: per bot (bot-1/bot-2/...), which follows how fast "
         "each bot finishes; Celery (one worker process): per pool thread, which says little\n"
-        "** over the burst, % of one core: server = the mesh process / the Celery worker "
-        "process; driver = this process\n"
-        "   (workmesh: producer + bots; Celery: producer); RabbitMQ = its node; machine = all "
+        "** over the burst, or the paced phase until all were received; % of one core: "
+        "server = the mesh process / the Celery worker process;\n   driver = this process "
+        "(workmesh: producer + bots; Celery: producer); RabbitMQ = its node; machine = all "
         f"{os.cpu_count()} cores busy (of {100 * (os.cpu_count() or 1)}), anything else included"
     )
     print()
