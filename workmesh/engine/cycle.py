@@ -6,8 +6,8 @@ order), reads every task they name at once, plans, and writes all the changes in
 transaction (workmesh/engine/store.py). Only after the commit are the assignments and
 follow-ups published (with confirms) and the messages acknowledged. Under load a turn gathers
 more, so the cost of a commit and of a round of confirms is shared by more tasks; when idle it
-waits for a report, for room, or for the doorbell (a prefetch-1 consumer on the intake queue)
-instead of polling.
+waits for a report, for room, or for the doorbell (a consumer on the intake queue that stays on
+while there is room, workmesh/engine/intake.py) instead of polling.
 """
 
 from __future__ import annotations
@@ -42,9 +42,15 @@ class LeaderCycle:
         self._failure: BaseException | None = None
         self._woken_by_doorbell = False
         self._deferred = False
-        self._stopping_doorbell: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            # The term is over: no more deliveries, and what the doorbell holds goes back.
+            self.state.track(self.intake.stop_listening()).add_done_callback(_seen)
+
+    async def _run(self) -> None:
         state = self.state
         while True:
             if self._failure is not None:
@@ -55,13 +61,13 @@ class LeaderCycle:
             tasks = await self.intake.take(want, rung_only=self._woken_by_doorbell)
             self._woken_by_doorbell = False
             if not reports and not tasks:
-                await self._wait(room > 0)
+                await self._wait(room)
                 continue
             if not tasks and self._may_defer(reports):
                 # Reports alone, and nobody waits for the room they free: hold them a moment
                 # so they share the next task's turn (and its commit) instead of taking one.
                 self.reports.put_back(reports)
-                await self._wait(True, linger=REPORT_LINGER, on_reports=False)
+                await self._wait(room, linger=REPORT_LINGER, on_reports=False)
                 self._deferred = True
                 continue
             self._deferred = False
@@ -154,42 +160,36 @@ class LeaderCycle:
             and self.state.pool.free_capacity() > 0
         )
 
-    async def _wait(
-        self, has_room: bool, linger: float | None = None, on_reports: bool = True
-    ) -> None:
+    async def _wait(self, room: int, linger: float | None = None, on_reports: bool = True) -> None:
         """Until a report arrives, the pool changes, (with room) a task arrives, or the
         linger passes."""
         if self._failure is not None:
             return
         state = self.state
         state.room.clear()
-        if not has_room and state.pool.free_capacity() > 0:
+        # Shielded: an AMQP call cancelled half way closes its channel (aiormq), and a
+        # stopping cycle can as well let a consume or a cancel finish.
+        if room > 0:
+            await asyncio.shield(self.intake.listen(room))
+        elif state.pool.free_capacity() > 0:
             return  # room appeared (the review engaged a reserve) since the turn looked
+        else:
+            await asyncio.shield(self.intake.stop_listening())
         waits = [asyncio.ensure_future(state.room.wait())]
         if on_reports:
             waits.append(asyncio.ensure_future(self.reports.arrived.wait()))
-        if self._stopping_doorbell is not None:
-            await self._stopping_doorbell
-        tag = await self.intake.listen() if has_room else None
-        if tag is not None:
+        if self.intake.listening:
             waits.append(asyncio.ensure_future(self.intake.doorbell.wait()))
         try:
             await asyncio.wait(waits, timeout=linger, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiting in waits:
                 waiting.cancel()
-            if tag is not None:
-                # The consumer is cancelled while the turn goes on; a message it still
-                # delivers before the cancel lands is kept for the next turn.
-                self._woken_by_doorbell = self.intake.doorbell.is_set()
-                stopping = asyncio.ensure_future(self.intake.stop_listening(tag))
-                stopping.add_done_callback(_seen)
-                self._stopping_doorbell = stopping
+            self._woken_by_doorbell = self.intake.doorbell.is_set()
 
 
 def _seen(future: asyncio.Future[None]) -> None:
-    """Mark a failure as retrieved: the next wait awaits the future and raises it, but a cycle
-    that ends first (its connection gone, at shutdown) would leave it to be logged as never
-    retrieved, though the lost connection is already what ends the leader's term."""
+    """Mark a failure as retrieved: stopping the doorbell at the end of a term fails when the
+    connection is gone, which is already what ended the term."""
     if not future.cancelled():
         future.exception()

@@ -2,8 +2,13 @@
 and assign them.
 
 The leader pulls with basic.get, one message per free slot, so everything it has not taken
-stays in RabbitMQ in priority order. When the queue is empty the cycle waits on a consumer with
-a prefetch of one (a doorbell) rather than polling (workmesh/engine/cycle.py).
+stays in RabbitMQ in priority order. While there is room, a consumer with a small prefetch (the
+doorbell) stays on the queue: it brings a task that arrives while the cycle waits, and, as
+long as it has less than its prefetch outstanding, it also tells the turn that the queue holds
+nothing (RabbitMQ would have delivered it), so an idle or moderately loaded mesh asks no
+basic.get that would come back empty. When the workers are full the doorbell stops and gives
+back what it holds, so every waiting task is in RabbitMQ, in priority order
+(workmesh/engine/cycle.py).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ log = logging.getLogger(__name__)
 MESSAGE_ID_NAMESPACE = uuid.UUID("5b1f4a5e-0f7a-4a43-9a57-2b8f3e1c9d10")
 # Channels a turn asks on at once (basic.get waits for its answer one at a time on each).
 INTAKE_CHANNELS = 4
+# The most the doorbell holds, and never more than the room when it starts. Above one, a turn
+# that took the doorbell's last delivery still knows the queue is empty without asking.
+DOORBELL_PREFETCH = 2
 
 
 def validation_summary(error: ValidationError) -> str:
@@ -72,9 +80,17 @@ class Intake:
         # turn's one multiple-ack (settle) would have acknowledged it unprocessed, and its
         # own later ack closed the channel (RabbitMQ: "unknown delivery tag").
         self.queue = doorbell
+        self.doorbell = asyncio.Event()  # set while the doorbell holds a message
         self._rung: list[AbstractIncomingMessage] = []
+        self._tag: str | None = None  # the doorbell's consumer, while it listens
+        self._prefetch = 0  # the doorbell channel's prefetch for the next consumer
+        # The doorbell's deliveries not yet acknowledged or given back, by id.
+        self._outstanding: dict[int, AbstractIncomingMessage] = {}
+        self._found_empty = False  # the last basic.get found the queue empty
+        # Starting and stopping the doorbell one at a time: a stop that comes while a start
+        # is on its way (the leader stopping) must find the consumer to cancel.
+        self._switching = asyncio.Lock()
         self._admin_digest = hash_token(state.settings.security.admin_token)
-        self.doorbell = asyncio.Event()
 
     @classmethod
     async def open(cls, connection: AbstractConnection, state: LeaderState) -> Intake:
@@ -86,11 +102,20 @@ class Intake:
             channel = await connection.channel()
             queues.append(await channel.get_queue(INTAKE_QUEUE, ensure=False))
         doorbell = await connection.channel()
-        await doorbell.set_qos(prefetch_count=1)
         return cls(state, queues, await doorbell.get_queue(INTAKE_QUEUE, ensure=False))
 
+    @property
+    def listening(self) -> bool:
+        return self._tag is not None
+
+    def known_empty(self) -> bool:
+        """The doorbell listens and has room for another delivery, so RabbitMQ would have
+        pushed anything the queue held (one still on its way rings the doorbell)."""
+        return self._tag is not None and len(self._outstanding) < self._prefetch
+
     async def take(self, count: int, rung_only: bool = False) -> list[AbstractIncomingMessage]:
-        """Up to ``count`` messages: one basic.get each, highest priority first.
+        """Up to ``count`` messages: what the doorbell holds, then one basic.get each, highest
+        priority first.
 
         ``rung_only``: just what the doorbell brought. A lone arrival is then dispatched
         without first asking RabbitMQ for more (a round trip that would find nothing);
@@ -99,9 +124,18 @@ class Intake:
         if count <= 0:
             return []
         taken, self._rung = self._rung[:count], self._rung[count:]
-        if rung_only and taken:
-            return taken
+        if not self._rung:
+            self.doorbell.clear()
         wanted = count - len(taken)
+        if (rung_only and taken) or wanted == 0 or self.known_empty():
+            return taken
+        if self._found_empty:
+            # Idle until now: one basic.get sees whether a burst began before four do.
+            first = await self.queues[0].get(no_ack=False, fail=False)
+            if first is None:
+                return taken
+            taken.append(first)
+            wanted -= 1
         empty = False
 
         async def ask(queue: AbstractQueue) -> list[AbstractIncomingMessage]:
@@ -116,25 +150,45 @@ class Intake:
                 got.append(message)
             return got
 
-        askers = self.queues[: max(1, min(len(self.queues), wanted))]
+        askers = self.queues[: max(1, min(len(self.queues), wanted))] if wanted > 0 else []
         for got in await asyncio.gather(*(ask(queue) for queue in askers)):
             taken += got
+        self._found_empty = empty
         # Each channel hands out its share in priority order; the turn wants it overall.
         taken.sort(key=lambda m: -min(m.priority or 0, MAX_PRIORITY))
         return taken
 
-    async def listen(self) -> str:
-        """Start the doorbell: a prefetch-1 consumer that rings when a message arrives."""
+    async def listen(self, room: int) -> None:
+        """Start the doorbell, if it is not on: a consumer with a prefetch of at most
+        ``room`` that rings when a message arrives."""
+        async with self._switching:
+            if self._tag is None:
+                await self._start(room)
 
+    async def _start(self, room: int) -> None:
         async def ring(message: AbstractIncomingMessage) -> None:
+            self._outstanding[id(message)] = message
             self._rung.append(message)
             self.doorbell.set()
 
-        self.doorbell.clear()
-        return await self.queue.consume(ring, no_ack=False)
+        prefetch = max(1, min(room, DOORBELL_PREFETCH))
+        if prefetch != self._prefetch:
+            await self.queue.channel.set_qos(prefetch_count=prefetch)
+            self._prefetch = prefetch
+        self._tag = await self.queue.consume(ring, no_ack=False)
 
-    async def stop_listening(self, tag: str) -> None:
-        await self.queue.cancel(tag)
+    async def stop_listening(self) -> None:
+        """Stop the doorbell and put back what it holds: with no room, every waiting task
+        belongs in RabbitMQ, in priority order."""
+        async with self._switching:
+            tag, self._tag = self._tag, None
+            if tag is not None:
+                await self.queue.cancel(tag)
+        held, self._rung = self._rung, []
+        self.doorbell.clear()
+        for message in held:
+            del self._outstanding[id(message)]
+            await message.nack(requeue=True)
 
     async def publish(self, plan: IntakePlan) -> None:
         state = self.state
@@ -165,6 +219,8 @@ class Intake:
                 last_on_channel[key] = message
         for message in last_on_channel.values():
             await message.ack(multiple=True)
+        for message in messages:
+            self._outstanding.pop(id(message), None)
         metrics = self.state.metrics
         metrics.batch_size.observe(len(messages))
         publisher = self.state.publisher
