@@ -12,15 +12,32 @@ of it closed the channel ("unknown delivery tag"), failing the leader's term.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any, cast
 
 import aio_pika
+from aio_pika.abc import AbstractChannel
 
 from rabbitmq.topology import INTAKE_QUEUE, MAX_PRIORITY
 from tests.conftest import eventually
 from workmesh.engine.intake import Intake, IntakePlan
 from workmesh.engine.state import LeaderState
+
+
+@contextlib.asynccontextmanager
+async def intake_on(
+    amqp_url: str, arguments: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[AbstractChannel, Intake]]:
+    """The intake queue declared on a fresh connection, and the leader's view of it."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        setup = await connection.channel()
+        await setup.declare_queue(INTAKE_QUEUE, durable=True, arguments=arguments)
+        yield setup, await Intake.open(connection, leader_state())
+    finally:
+        await connection.close()
 
 
 def leader_state() -> LeaderState:
@@ -84,11 +101,7 @@ class CountedGets:
 async def test_a_listening_doorbell_spares_the_basic_gets_that_would_find_nothing(
     amqp_url: str,
 ) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        setup = await connection.channel()
-        await setup.declare_queue(INTAKE_QUEUE, durable=True)
-        intake = await Intake.open(connection, leader_state())
+    async with intake_on(amqp_url) as (setup, intake):
         counted = [CountedGets(queue) for queue in intake.queues]
         intake.queues = cast(Any, counted)
 
@@ -111,18 +124,12 @@ async def test_a_listening_doorbell_spares_the_basic_gets_that_would_find_nothin
         assert sum(c.gets for c in counted) == asked
         await intake.settle(taken, IntakePlan())
         assert intake.known_empty()
-    finally:
-        await connection.close()
 
 
 async def test_a_full_doorbell_does_not_vouch_for_an_empty_queue(amqp_url: str) -> None:
     """With as many deliveries outstanding as its prefetch, RabbitMQ holds the rest back, so
     the turn must ask for them."""
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        setup = await connection.channel()
-        await setup.declare_queue(INTAKE_QUEUE, durable=True)
-        intake = await Intake.open(connection, leader_state())
+    async with intake_on(amqp_url) as (setup, intake):
         await intake.listen(room=1)  # a prefetch of one
         for n in range(3):
             await setup.default_exchange.publish(
@@ -133,8 +140,6 @@ async def test_a_full_doorbell_does_not_vouch_for_an_empty_queue(amqp_url: str) 
         taken = await intake.take(3)
         assert sorted(m.body for m in taken) == [b"task 0", b"task 1", b"task 2"]
         await intake.settle(taken, IntakePlan())
-    finally:
-        await connection.close()
 
 
 async def test_a_stopped_doorbell_gives_back_what_it_held_in_priority_order(
@@ -142,13 +147,7 @@ async def test_a_stopped_doorbell_gives_back_what_it_held_in_priority_order(
 ) -> None:
     """The workers filled up while the doorbell held two tasks: they go back to RabbitMQ, and
     a higher-priority task that arrives later still goes first, the two in their old order."""
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        setup = await connection.channel()
-        await setup.declare_queue(
-            INTAKE_QUEUE, durable=True, arguments={"x-max-priority": MAX_PRIORITY}
-        )
-        intake = await Intake.open(connection, leader_state())
+    async with intake_on(amqp_url, {"x-max-priority": MAX_PRIORITY}) as (setup, intake):
         await intake.listen(room=2)
         for n in range(2):
             await setup.default_exchange.publish(
@@ -171,5 +170,30 @@ async def test_a_stopped_doorbell_gives_back_what_it_held_in_priority_order(
             order += [m.body for m in taken]
             await intake.settle(taken, IntakePlan())
         assert order == [b"high", b"low 0", b"low 1"]
-    finally:
-        await connection.close()
+
+
+async def test_a_doorbell_whose_deliveries_are_all_unsettled_is_started_again(
+    amqp_url: str,
+) -> None:
+    """Its prefetch used up by turns still waiting for their confirms, the doorbell cannot
+    ring: RabbitMQ holds the next task back until they settle. Listening again starts a new
+    consumer, whose window is its own, so the task arrives at once."""
+    async with intake_on(amqp_url) as (setup, intake):
+        await intake.listen(room=1)  # a prefetch of one
+        await setup.default_exchange.publish(aio_pika.Message(b"first"), routing_key=INTAKE_QUEUE)
+        await eventually(intake.doorbell.is_set, message="the doorbell rang")
+        first = await intake.take(1, rung_only=True)  # its turn has not settled yet
+
+        await setup.default_exchange.publish(aio_pika.Message(b"second"), routing_key=INTAKE_QUEUE)
+        await asyncio.sleep(0.2)
+        assert not intake.doorbell.is_set()  # held back by RabbitMQ
+
+        await intake.listen(room=1)
+        await eventually(intake.doorbell.is_set, message="the new doorbell rang")
+        second = await intake.take(1, rung_only=True)
+        assert [m.body for m in first + second] == [b"first", b"second"]
+        await intake.settle(first, IntakePlan())
+        await intake.settle(second, IntakePlan())
+        assert intake.known_empty()
+        await asyncio.sleep(0.2)  # a channel error comes back asynchronously
+        await intake.queue.channel.declare_queue(INTAKE_QUEUE, durable=True, passive=True)

@@ -84,7 +84,7 @@ class Intake:
         self._rung: list[AbstractIncomingMessage] = []
         self._tag: str | None = None  # the doorbell's consumer, while it listens
         self._prefetch = 0  # the doorbell channel's prefetch for the next consumer
-        # The doorbell's deliveries not yet acknowledged or given back, by id.
+        # The doorbell consumer's deliveries not yet acknowledged or given back, by id.
         self._outstanding: dict[int, AbstractIncomingMessage] = {}
         self._found_empty = False  # the last basic.get found the queue empty
         # Starting and stopping the doorbell one at a time: a stop that comes while a start
@@ -158,16 +158,28 @@ class Intake:
         taken.sort(key=lambda m: -min(m.priority or 0, MAX_PRIORITY))
         return taken
 
+    def _deaf(self) -> bool:
+        """The doorbell listens but cannot ring: every delivery its prefetch allows was taken
+        by turns that have not settled yet, so RabbitMQ holds new arrivals back."""
+        return self._tag is not None and not self._rung and len(self._outstanding) >= self._prefetch
+
     async def listen(self, room: int) -> None:
         """Start the doorbell, if it is not on: a consumer with a prefetch of at most
-        ``room`` that rings when a message arrives."""
+        ``room`` that rings when a message arrives. One that cannot ring (``_deaf``) is
+        started again: the prefetch counts per consumer, so a new one has its whole window,
+        and its predecessor's deliveries are settled by their turns as usual."""
         async with self._switching:
+            if self._deaf():
+                await self._cancel()
             if self._tag is None:
                 await self._start(room)
 
     async def _start(self, room: int) -> None:
+        outstanding: dict[int, AbstractIncomingMessage] = {}
+        self._outstanding = outstanding
+
         async def ring(message: AbstractIncomingMessage) -> None:
-            self._outstanding[id(message)] = message
+            outstanding[id(message)] = message
             self._rung.append(message)
             self.doorbell.set()
 
@@ -181,14 +193,17 @@ class Intake:
         """Stop the doorbell and put back what it holds: with no room, every waiting task
         belongs in RabbitMQ, in priority order."""
         async with self._switching:
-            tag, self._tag = self._tag, None
-            if tag is not None:
-                await self.queue.cancel(tag)
+            await self._cancel()
         held, self._rung = self._rung, []
         self.doorbell.clear()
         for message in held:
-            del self._outstanding[id(message)]
+            self._outstanding.pop(id(message), None)
             await message.nack(requeue=True)
+
+    async def _cancel(self) -> None:
+        tag, self._tag = self._tag, None
+        if tag is not None:
+            await self.queue.cancel(tag)
 
     async def publish(self, plan: IntakePlan) -> None:
         state = self.state
