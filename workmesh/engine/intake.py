@@ -161,7 +161,7 @@ class Intake:
     def _deaf(self) -> bool:
         """The doorbell listens but cannot ring: every delivery its prefetch allows was taken
         by turns that have not settled yet, so RabbitMQ holds new arrivals back."""
-        return self._tag is not None and not self._rung and len(self._outstanding) >= self._prefetch
+        return self._tag is not None and not self._rung and not self.known_empty()
 
     async def listen(self, room: int) -> None:
         """Start the doorbell, if it is not on: a consumer with a prefetch of at most
