@@ -64,6 +64,11 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.tasks_deleted = Counter(
+            "workmesh_tasks_deleted_total",
+            "Finished tasks deleted after the retention (WORKMESH_DISPATCH_RETENTION).",
+            registry=r,
+        )
         self.desired_reserve = Gauge(
             "workmesh_pool_desired_reserve",
             "Reserve workers the scaling policy wants engaged.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "admin"})
@@ -77,6 +77,9 @@ class DispatchSettings(BaseSettings):
     reconcile_interval: PositiveFloat = 10.0
     # Queued tasks older than this with no message left in RabbitMQ are published again.
     orphan_after: PositiveFloat = 60.0
+    # Finished tasks (done, dead, cancelled) are deleted this long after they finished, so the
+    # table holds what is live plus a window of history; 0 keeps them for ever.
+    retention: NonNegativeFloat = 7 * 24 * 3600.0
 
     @model_validator(mode="after")
     def _thresholds_parse(self) -> DispatchSettings:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from aio_pika.abc import AbstractChannel
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Task
 from models.base import utcnow
 from rabbitmq.topology import INTAKE_QUEUE, declare_queue, retry_queue, worker_queue
+from workmesh.dispatch.lifecycle import FINISHED, TaskStatus
 from workmesh.dispatch.pool import PoolChange
 from workmesh.dispatch.scaling import PoolView, ScalingPolicy, StepPolicy, ThresholdPolicy
 from workmesh.engine.state import LeaderState
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 # How long the reconciliation trusts a task's report to be on its way after the change was
 # committed (the API publishes it right after its commit).
 REPORT_GRACE = timedelta(seconds=2)
+# Every status a task can have before it finishes.
+LIVE = tuple(status for status in TaskStatus if status not in FINISHED)
 
 
 def scaling_policy(state: LeaderState) -> ScalingPolicy:
@@ -32,6 +35,39 @@ def scaling_policy(state: LeaderState) -> ScalingPolicy:
     if config.scaling_policy is ScalingPolicyName.THRESHOLD:
         return ThresholdPolicy(parse_thresholds(config.scaling_thresholds), config.scaling_window)
     return StepPolicy()
+
+
+# The retention sweep deletes at most this many tasks per transaction, and at most this many
+# transactions per review (so up to 5000 a second at the default review interval).
+FORGET_BATCH = 500
+FORGET_ROUNDS = 10
+# Finished tasks are counted again only after this many times as long as their last count
+# took: counting them reads the whole finished part of the table, which grows with the
+# retention, so a large table is counted less often (at most ~2% of the time).
+FINISHED_COUNT_SPACING = 50
+
+
+class StatusCounts:
+    """Stored tasks by status, for the ``workmesh_tasks`` gauge.
+
+    The live statuses are counted at every review (a few index ranges); the finished ones as
+    often as their count is cheap: at every review on a small table, less often on a big one.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.finished: dict[str, int] = {}
+        self.finished_due = 0.0
+
+    async def read(self, sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
+        async with sessions() as session:
+            counts = await assignments.count_by_status(session, LIVE)
+            if self.clock() >= self.finished_due:
+                started = self.clock()
+                self.finished = await assignments.count_by_status(session, FINISHED)
+                ended = self.clock()
+                self.finished_due = ended + (ended - started) * FINISHED_COUNT_SPACING
+        return counts | self.finished
 
 
 class PoolReview:
@@ -44,6 +80,7 @@ class PoolReview:
         self.reviews = 0
         config = state.settings.dispatch
         self.reconcile_every = max(1, round(config.reconcile_interval / config.review_interval))
+        self.counts = StatusCounts()
 
     async def run(self) -> None:
         while True:
@@ -95,8 +132,8 @@ class PoolReview:
                     orphans = await assignments.orphaned_tasks(
                         session, state.settings.dispatch.orphan_after
                     )
-        async with state.sessions() as session:
-            counts = await assignments.count_by_status(session)
+        counts = await self.counts.read(state.sessions)
+        await self._forget_finished()
         for task in returned + orphans + [task for task, _ in expired]:
             await state.publisher.intake(assignments.intake_body(task), task.priority)
         for task, worker_id in expired:
@@ -128,6 +165,25 @@ class PoolReview:
         for task in returned:
             state.pool.release(task.id, now)
         return returned
+
+    async def _forget_finished(self) -> None:
+        """Delete the tasks that finished longer ago than the retention, oldest first.
+
+        In short transactions: on SQLite each holds the one write lock that turns need, so a
+        backlog (retention just switched on over a big table) is worked off a few thousand
+        rows per review, not in one long delete.
+        """
+        retention = self.state.settings.dispatch.retention
+        if retention <= 0:
+            return
+        before = utcnow() - timedelta(seconds=retention)
+        for _ in range(FORGET_ROUNDS):
+            async with self.state.sessions() as session, session.begin():
+                deleted = await assignments.delete_finished(session, before, FORGET_BATCH)
+            self.state.metrics.tasks_deleted.inc(deleted)
+            if deleted < FORGET_BATCH:
+                return
+            await asyncio.sleep(0)  # let a waiting turn take the lock between rounds
 
     async def _expire_leases(self, now: float) -> list[tuple[Task, str]]:
         """Tasks handed out over HTTP/WebSocket and not started in time go back to the queue.

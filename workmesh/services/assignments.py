@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import ApiToken, Task, Worker
 from models.base import utcnow
 from schemas.workers import Tier
-from workmesh.dispatch.lifecycle import ASSIGNABLE, ON_WORKER, Report, TaskStatus, Transition
+from workmesh.dispatch.lifecycle import (
+    ASSIGNABLE,
+    FINISHED,
+    ON_WORKER,
+    Report,
+    TaskStatus,
+    Transition,
+)
 from workmesh.dispatch.pool import WorkerRecord
 
 
@@ -122,11 +130,35 @@ async def orphaned_tasks(session: AsyncSession, older_than: float) -> list[Task]
     return list(rows)
 
 
-async def count_by_status(session: AsyncSession) -> dict[str, int]:
-    rows = await session.execute(select(Task.status, func.count()).group_by(Task.status))
-    counts = {status.value: 0 for status in TaskStatus}
+async def count_by_status(
+    session: AsyncSession, statuses: Iterable[TaskStatus] = tuple(TaskStatus)
+) -> dict[str, int]:
+    """Stored tasks in each of ``statuses`` (an index range per status, so counting the few
+    live ones stays cheap however many finished ones are kept)."""
+    wanted = [status.value for status in statuses]
+    rows = await session.execute(
+        select(Task.status, func.count()).where(Task.status.in_(wanted)).group_by(Task.status)
+    )
+    counts = dict.fromkeys(wanted, 0)
     counts.update(dict(rows.all()))
     return counts
+
+
+async def delete_finished(session: AsyncSession, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` tasks that finished before ``before``; returns how many."""
+    # The oldest by finished_at alone, then the status check on those few: with the status in
+    # the same WHERE, SQLite (which keeps no statistics) walks the status index through every
+    # finished task instead of reading the oldest off ix_tasks_finished_at.
+    oldest = (
+        select(Task.id, Task.status)
+        .where(Task.finished_at < before)
+        .order_by(Task.finished_at)
+        .limit(limit)
+        .subquery()
+    )
+    finished = select(oldest.c.id).where(oldest.c.status.in_([s.value for s in FINISHED]))
+    result = await session.execute(delete(Task).where(Task.id.in_(finished)))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def intake_body(task: TaskState) -> dict[str, object]:
