@@ -110,9 +110,8 @@ async def test_finished_tasks_are_deleted_after_the_retention(harness: Harness) 
     async with Producer(harness.amqp_url, token) as producer:
         ids = [await producer.submit(idempotency_key=f"key-{n}") for n in range(4)]
     await eventually(lambda: len(bot.received) == 4, message="four delivered")
-    for task_id in ids[:3]:
-        await bot.finish(task_id)
-    # One stored over HTTP while the bot is full, then cancelled: cancelled tasks go too.
+    # One stored over HTTP while the bot is full (so it stays queued), then cancelled:
+    # cancelled tasks go too.
     status, body = await harness.api(
         "POST", "/api/v1/tasks", token=token, json={"kind": "later", "payload": {}}
     )
@@ -121,6 +120,8 @@ async def test_finished_tasks_are_deleted_after_the_retention(harness: Harness) 
     status, body = await harness.api("POST", f"/api/v1/tasks/{cancelled}/cancel")
     assert status == 200, body
     assert body["status"] == "cancelled"
+    for task_id in ids[:3]:
+        await bot.finish(task_id)
 
     async def all_gone() -> bool:
         for task_id in [*ids[:3], cancelled]:
