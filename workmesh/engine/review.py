@@ -41,6 +41,7 @@ def scaling_policy(state: LeaderState) -> ScalingPolicy:
 # transactions per review (so up to 5000 a second at the default review interval).
 FORGET_BATCH = 500
 FORGET_ROUNDS = 10
+FORGET_PAUSE = 0.005
 # Finished tasks are counted again only after this many times as long as their last count
 # took: counting them reads the whole finished part of the table, which grows with the
 # retention, so a large table is counted less often (at most ~2% of the time).
@@ -183,7 +184,9 @@ class PoolReview:
             self.state.metrics.tasks_deleted.inc(deleted)
             if deleted < FORGET_BATCH:
                 return
-            await asyncio.sleep(0)  # let a waiting turn take the lock between rounds
+            # A pause longer than a turn's own between its tries for SQLite's lock
+            # (workmesh/engine/store.py), so that a waiting turn gets in between two rounds.
+            await asyncio.sleep(FORGET_PAUSE)
 
     async def _expire_leases(self, now: float) -> list[tuple[Task, str]]:
         """Tasks handed out over HTTP/WebSocket and not started in time go back to the queue.
