@@ -19,6 +19,7 @@ from workmesh.channels.routes import CHANNELS
 from workmesh.dispatch.lifecycle import TaskStatus
 from workmesh.security import Role
 from workmesh.services import workers
+from workmesh.services.assignments import count_by_status
 from workmesh.web.deadletters import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ async def overview(request: web.Request) -> web.Response:
                 "queued_by_priority": await queued_by_priority(session),
                 "intake_messages": await intake_messages(request.app),
             },
-            "tasks": await tasks_by_status(session),
+            "tasks": await count_by_status(session),
             "throughput": await throughput(session),
         }
     body["dead_letters"] = request.app[DEAD_LETTERS].view()
@@ -58,13 +59,6 @@ async def queued_by_priority(session: AsyncSession) -> dict[str, int]:
         ).all()
     )
     return {str(p): int(counts.get(p, 0)) for p in reversed(PRIORITIES)}
-
-
-async def tasks_by_status(session: AsyncSession) -> dict[str, int]:
-    counts = dict(
-        (await session.execute(select(Task.status, func.count()).group_by(Task.status))).all()
-    )
-    return {s.value: int(counts.get(s.value, 0)) for s in TaskStatus}
 
 
 async def throughput(session: AsyncSession) -> dict[str, dict[str, int]]:
