@@ -109,6 +109,23 @@ async def test_a_taken_idempotency_key_fails_the_whole_write(store: TurnStore) -
     assert (unchanged.status, unchanged.version) == ("queued", 1)
 
 
+async def test_after_a_failed_write_the_next_one_goes_through(store: TurnStore) -> None:
+    # On SQLite the store keeps one connection for the leader's term: a failed transaction
+    # must leave it out of any transaction, or every later turn would fail to begin.
+    first = new_task(key="taken")
+    await store.write([first], [], utcnow())
+    with pytest.raises(IntegrityError):
+        await store.write([new_task(key="taken")], [], utcnow())
+    [stale] = await store.read({first.id}, set())
+    stale.version = 99
+    with pytest.raises(StaleDataError):
+        await store.write([], [stale], utcnow())
+
+    later = new_task()
+    await store.write([later], [], utcnow())
+    assert [row.id for row in await store.read({later.id}, set())] == [later.id]
+
+
 async def test_on_sqlite_a_locked_database_makes_the_write_wait_not_the_loop(
     sqlite_file: tuple[str, SqliteLoopStore],
 ) -> None:

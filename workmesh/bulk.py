@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, Select
+from sqlalchemy import Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -26,6 +26,25 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ClauseElement
 
 Processor = Callable[[Any], Any]
+
+
+class DriverResult(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+
+class StatementRunner(Protocol):
+    """What the ``execute_on`` methods need of a connection: a SQLAlchemy ``Connection``, or
+    a driver's connection with its dialect (workmesh/engine/store.py)."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    def exec_driver_sql(self, statement: str, parameters: Any, /) -> DriverResult: ...
+
+
 Processors = list[Processor | None]  # one a column; None: the driver's value as it is
 
 
@@ -86,7 +105,7 @@ class BulkStatement:
 
     def execute_on(
         self,
-        connection: Connection,
+        connection: StatementRunner,
         rows: Sequence[Mapping[str, Any]],
         shared: Mapping[str, Any] | None = None,
     ) -> int:
@@ -125,7 +144,7 @@ class RowQuery:
         self._compiled: dict[tuple[str, tuple[int, ...]], tuple[_Compiled, Processors]] = {}
 
     def execute_on(
-        self, connection: Connection, lengths: tuple[int, ...], values: Mapping[str, Any]
+        self, connection: StatementRunner, lengths: tuple[int, ...], values: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
         key = (connection.dialect.name, lengths)
         prepared = self._compiled.get(key)

@@ -2,8 +2,8 @@
 SQLAlchemy Core, without the ORM's per-object bookkeeping (which cost more than the rest of a
 dispatch put together).
 
-The functions take a synchronous Connection: the leader runs them on SQLite's own thread, one
-crossing per call, or through ``run_sync`` on an async connection (workmesh/engine/store.py).
+The functions take a synchronous connection: on SQLite the leader's own driver connection, on
+the event loop, or through ``run_sync`` a SQLAlchemy one (workmesh/engine/store.py).
 
 Writes keep the ORM's optimistic concurrency: every update bumps ``version`` and matches the
 version it read, so a change the HTTP API made meanwhile is never overwritten silently.
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Select, Table, bindparam, insert, or_, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from models import Task
-from workmesh.bulk import BulkStatement, RowQuery
+from workmesh.bulk import BulkStatement, RowQuery, StatementRunner
 
 TASKS: Table = Task.__table__  # type: ignore[assignment]
 
@@ -88,7 +88,7 @@ _ROW_FIELDS = [f.name for f in fields(TaskRow)]
 
 
 def read_rows(
-    connection: Connection, ids: Collection[str], keys: Collection[str] = ()
+    connection: StatementRunner, ids: Collection[str], keys: Collection[str] = ()
 ) -> list[TaskRow]:
     """The tasks named by id or by idempotency key, in one query."""
     if not ids and not keys:
@@ -100,7 +100,7 @@ def read_rows(
 
 
 def write_rows(
-    connection: Connection,
+    connection: StatementRunner,
     inserts: Sequence[TaskRow],
     updates: Sequence[TaskRow],
     now: datetime,
@@ -122,7 +122,7 @@ def write_rows(
         _update_rows(connection, updates, now)
 
 
-def _update_rows(connection: Connection, rows: Sequence[TaskRow], now: datetime) -> None:
+def _update_rows(connection: StatementRunner, rows: Sequence[TaskRow], now: datetime) -> None:
     params = [
         {"b_id": row.id, "b_version": row.version} | {n: getattr(row, n) for n in _WRITTEN}
         for row in rows
@@ -132,6 +132,7 @@ def _update_rows(connection: Connection, rows: Sequence[TaskRow], now: datetime)
     else:
         # The driver cannot count what an executemany changed (asyncpg): lock the rows,
         # compare their versions with those read, and only then write them.
+        assert isinstance(connection, Connection), "a driver that cannot count runs on SQLAlchemy"
         locked = select(TASKS.c.id, TASKS.c.version).where(TASKS.c.id.in_([r.id for r in rows]))
         now_at: dict[str, int] = dict(connection.execute(locked.with_for_update()).all())
         changed = sum(now_at.get(row.id) == row.version for row in rows)
