@@ -5,6 +5,7 @@ locked database makes a turn wait without stopping the event loop."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -167,3 +168,49 @@ async def test_sqlite_in_memory_goes_through_the_async_engine() -> None:
     engine = create_engine(DatabaseSettings(url=url))
     assert isinstance(turn_store(url, session_factory(engine)), SessionStore)
     await engine.dispose()
+
+
+async def _write_turns(store: SqliteLoopStore, turns: int) -> list[TaskRow]:
+    written = []
+    for _ in range(turns):
+        task = new_task()
+        await store.write([task], [], utcnow())
+        written.append(task)
+        await asyncio.sleep(0)  # a leader's turns always wait on RabbitMQ in between
+    if store._checkpointing is not None:
+        await asyncio.wait([store._checkpointing])
+    return written
+
+
+async def test_on_sqlite_turns_leave_the_checkpoint_to_a_thread(
+    sqlite_file: tuple[str, SqliteLoopStore], tmp_path: Path
+) -> None:
+    path, store = sqlite_file
+    # Turns never copy the log into the database file themselves (that would be on the loop).
+    [(autocheckpoint,)] = store.driver.connection.execute("PRAGMA wal_autocheckpoint")
+    assert autocheckpoint == 0
+
+    written = await _write_turns(store, store_module.CHECKPOINT_WRITES)
+
+    # The database file alone, without its log, holds what the store's checkpoint copied.
+    alone = tmp_path / "alone.db"
+    await asyncio.to_thread(shutil.copyfile, path, alone)
+    copy = sqlite3.connect(alone)
+    [(count,)] = copy.execute("SELECT count(*) FROM tasks")
+    copy.close()
+    assert count == len(written)
+
+
+async def test_on_sqlite_the_log_stays_bounded_while_turns_write(
+    sqlite_file: tuple[str, SqliteLoopStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, store = sqlite_file
+    monkeypatch.setattr(store_module, "CHECKPOINT_WRITES", 10)
+    monkeypatch.setattr(store_module, "CHECKPOINT_LOG_LIMIT", 200)
+
+    await _write_turns(store, 300)  # some 1500 pages in all
+
+    probe = sqlite3.connect(path)
+    [(_, in_log, _)] = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    probe.close()
+    assert in_log <= 2 * 200
