@@ -40,8 +40,10 @@ MESSAGE_ID_NAMESPACE = uuid.UUID("5b1f4a5e-0f7a-4a43-9a57-2b8f3e1c9d10")
 # Channels a turn asks on at once (basic.get waits for its answer one at a time on each).
 INTAKE_CHANNELS = 4
 # The most the doorbell holds, and never more than the room when it starts. Above one, a turn
-# that took the doorbell's last delivery still knows the queue is empty without asking.
-DOORBELL_PREFETCH = 2
+# that took the doorbell's last delivery still knows the queue is empty without asking; well
+# above one, turns still waiting for their confirms rarely use the whole window up (a deaf
+# doorbell, docs/design.md section 3).
+DOORBELL_PREFETCH = 8
 
 
 def validation_summary(error: ValidationError) -> str:
