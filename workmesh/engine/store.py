@@ -154,7 +154,7 @@ class SqliteLoopStore:
             [(_, in_log, _)] = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             if in_log > CHECKPOINT_LOG_LIMIT:
                 self._log_full = True
-                driver.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+                driver.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_RESTART_WAIT * 1000)}")
                 driver.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
         finally:
             self._log_full = False
@@ -236,6 +236,9 @@ BUSY_LONGEST_PAUSE = 0.002
 # per task, so that is about SQLite's own cadence (every 1000 pages).
 CHECKPOINT_WRITES = 100
 CHECKPOINT_LOG_LIMIT = 4000  # frames (pages) in the log: 16 MB
+# How long that RESTART may wait for another process's reader to let go of the log (turns wait
+# meanwhile); past it the checkpoint gives up, turns go on, and a later one tries again.
+CHECKPOINT_RESTART_WAIT = 1.0
 
 
 def _never_wait(dbapi_connection: Any, record: Any) -> None:
