@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python bench/dispatch.py          # full run (~2-3 min)
     .venv/bin/python bench/dispatch.py --quick  # smoke run (~30-40 s)
+    .venv/bin/python bench/dispatch.py --only workmesh --confirm-delay 100  # a slow disk
 
 See bench/README.md for what is measured and how.
 """
@@ -12,19 +13,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._celery_run import run_celery
-from bench._common import SystemResult, add_vhost, delete_vhost, rabbitmq_pid
+from bench._common import SystemResult, add_vhost, delete_vhost, free_port, rabbitmq_pid
 from bench._workmesh import MeshProcess, run_workmesh
 from bench.relay import run as run_relay
 
@@ -50,7 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run one side only (for diagnosis; the full comparison needs both)",
     )
+    parser.add_argument(
+        "--confirm-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the mesh reaches RabbitMQ through a proxy (a process of its own) that sends it "
+        "RabbitMQ's publisher confirms MS milliseconds late, as a disk that syncs slowly would; "
+        "with --only workmesh",
+    )
     args = parser.parse_args(argv)
+    if args.confirm_delay and args.only != "workmesh":
+        parser.error("--confirm-delay goes with --only workmesh: Celery's confirms are not delayed")
     if args.celery_pool == "solo":
         args.celery_concurrency = 1
 
@@ -75,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"vhost {vhost}, logs in {workdir}")
     try:
         if args.only != "celery":
-            results.append(run_mesh(workdir, url, args, n, warmup, rate, seconds, log))
+            with mesh_route(args.host, args.confirm_delay) as mesh_host:
+                mesh_url = f"amqp://guest:guest@{mesh_host}/{vhost}"
+                results.append(
+                    run_mesh(workdir, url, mesh_url, args, n, warmup, rate, seconds, log)
+                )
         for confirm in (True, False) if args.only != "workmesh" else ():
             name = "Celery+confirms" if confirm else "Celery no confirms"
             try:
@@ -121,8 +141,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_mesh(workdir, url, args, n, warmup, rate, seconds, log) -> SystemResult:
-    mesh = MeshProcess(workdir, url, args.workers, args.capacity)
+@contextlib.contextmanager
+def mesh_route(host: str, confirm_delay_ms: float) -> Iterator[str]:
+    """Where the mesh connects: RabbitMQ itself, or a ConfirmProxy in front of it."""
+    if not confirm_delay_ms:
+        yield host
+        return
+    port = free_port()
+    ready = multiprocessing.get_context("spawn").Event()
+    proxy = multiprocessing.get_context("spawn").Process(
+        target=_serve_proxy, args=(host, port, confirm_delay_ms / 1000, ready), daemon=True
+    )
+    proxy.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the confirm-delay proxy did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proxy.terminate()
+        proxy.join(10)
+
+
+def _serve_proxy(host: str, port: int, delay: float, ready: Any) -> None:
+    from tests.amqp_proxy import ConfirmProxy
+
+    upstream_host, _, upstream_port = host.partition(":")
+
+    async def serve() -> None:
+        proxy = ConfirmProxy(upstream_host, int(upstream_port or 5672), delay=delay)
+        await proxy.start(port)
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+def run_mesh(workdir, url, mesh_url, args, n, warmup, rate, seconds, log) -> SystemResult:
+    mesh = MeshProcess(workdir, mesh_url, args.workers, args.capacity)
     result: SystemResult
     try:
         mesh.setup()
@@ -263,6 +318,11 @@ def print_report(results, n, warmup, rate, seconds, args, elapsed, relay=None) -
         "  workmesh: 'received' is the bot's consumer callback; 'done' is when GET "
         "/api/v1/stats shows all of them done (polled every 20 ms)"
     )
+    if args.confirm_delay:
+        print(
+            f"  workmesh: RabbitMQ's publisher confirms reach the mesh {args.confirm_delay:.0f} ms "
+            "late (--confirm-delay: a proxy in front of RabbitMQ, as a slow disk)"
+        )
     print()
     print(f"{'':{width0}}  " + "  ".join(f"{names[i]:>{widths[i]}}" for i in range(3)))
     for (label, _), row in zip(rows, table, strict=True):

@@ -25,8 +25,11 @@ from workmesh.engine.state import LeaderState, with_fresh_state
 
 log = logging.getLogger(__name__)
 
-# Turns committed but not yet acknowledged; past this the cycle waits for the oldest.
-MAX_UNSETTLED_TURNS = 16
+# Messages (intake and reports) whose turns have committed but not yet settled; past this
+# the cycle waits for turns to settle before it takes another. Counted in messages, not
+# turns: at a steady rate a turn holds a task or two, and a cap of a few turns made a
+# confirm that came late (a slow disk) stop dispatch until it came.
+MAX_UNSETTLED_MESSAGES = 2048
 # How long reports alone may wait for a task to share a turn with, when no one needs the room
 # they free (seconds). Status reads lag by at most this much; dispatch does not.
 REPORT_LINGER = 0.02
@@ -38,7 +41,8 @@ class LeaderCycle:
         self.intake = intake
         self.reports = reports
         self._finishing: asyncio.Task[None] | None = None
-        self._unsettled = 0
+        self._unsettled = 0  # messages
+        self._settled = asyncio.Event()  # set whenever a turn settles
         self._failure: BaseException | None = None
         self._woken_by_doorbell = False
         self._deferred = False
@@ -79,10 +83,11 @@ class LeaderCycle:
             previous = self._finishing
             self._finishing = state.track(self._turn(reports, tasks, previous, committed))
             self._finishing.add_done_callback(self._turn_ended)
-            self._unsettled += 1
+            self._unsettled += len(reports) + len(tasks)
             await asyncio.shield(committed)
-            if self._unsettled >= MAX_UNSETTLED_TURNS:
-                await asyncio.shield(self._finishing)
+            while self._unsettled >= MAX_UNSETTLED_MESSAGES and self._failure is None:
+                self._settled.clear()
+                await self._settled.wait()
 
     async def _turn(
         self,
@@ -106,6 +111,7 @@ class LeaderCycle:
         if not turn.cancelled() and turn.exception() is not None and self._failure is None:
             self._failure = turn.exception()
             self.state.room.set()
+            self._settled.set()
 
     async def _commit(
         self, reports: list[AbstractIncomingMessage], tasks: list[AbstractIncomingMessage]
@@ -148,7 +154,8 @@ class LeaderCycle:
             await previous  # a multiple-ack must not overtake an earlier turn's publishes
         await self.reports.settle(reports)
         await self.intake.settle(tasks, intake_plan)
-        self._unsettled -= 1
+        self._unsettled -= len(reports) + len(tasks)
+        self._settled.set()
         elapsed = time.perf_counter() - started
         for _ in intake_plan.assigned:
             self.state.metrics.dispatch_latency.observe(elapsed)
