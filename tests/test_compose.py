@@ -336,6 +336,7 @@ def test_grafana_dashboard_uses_the_provisioned_datasource() -> None:
         "workmesh_worker_capacity",
         "workmesh_queue_depth",
         "workmesh_dispatch_latency_seconds_bucket",
+        "workmesh_dispatch_confirm_seconds_bucket",
         "faststream_received_processed_messages_total",
         "workmesh_reports_total",
         "workmesh_pool_desired_reserve",

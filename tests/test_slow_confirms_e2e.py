@@ -6,7 +6,7 @@ section 4). Seen with bench/dispatch.py --confirm-delay: while the leader stoppe
 waiting for confirms, at a steady 200 tasks/s (a turn or two per task) confirms 100 ms late
 made p99 submit-to-worker 120 ms. Now the bound counts messages. The mesh here talks to
 RabbitMQ through a proxy that holds its confirms back; bots and producers talk to RabbitMQ
-directly.
+directly. The leader's workmesh_dispatch_confirm_seconds shows how late they come.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rabbitmq.topology import INTAKE_QUEUE
 from tests.amqp_proxy import ConfirmProxy
 from tests.bots import Producer
 from tests.conftest import RABBIT_HOST, Harness, eventually
+from tests.test_metrics_e2e import scrape, value
 from workmesh.engine import cycle
 
 
@@ -102,6 +103,29 @@ async def test_past_its_bound_the_leader_waits_for_confirms(
         )
     await bot.finish_all()
     await eventually(intake_empty(amqp_url), message="intake acknowledged after the confirms")
+
+
+async def test_the_leader_measures_how_late_confirms_come(
+    harness: Harness, proxy: ConfirmProxy, amqp_url: str
+) -> None:
+    # Given confirms that reach the mesh 200 ms late (a slow disk)
+    proxy.delay = 0.2
+    mesh = await harness.start()
+    harness.amqp_url = amqp_url
+    bot = await harness.bot("w", capacity=2)
+    await harness.wait_online("w")
+    # When tasks are dispatched
+    async with Producer(amqp_url, token=await harness.producer_token()) as producer:
+        for _ in range(3):
+            await producer.submit()
+    await eventually(lambda: len(bot.received) == 3, message="three dispatched")
+    await eventually(intake_empty(amqp_url), message="intake acknowledged after the confirms")
+    # Then the metric of the turns' wait for confirms shows it: none under 100 ms
+    samples = await scrape(harness, mesh.settings.http.port)
+    turns = value(samples, "workmesh_dispatch_confirm_seconds_count")
+    assert 1 <= turns <= 3
+    assert value(samples, "workmesh_dispatch_confirm_seconds_bucket", le="0.1") == 0
+    assert value(samples, "workmesh_dispatch_confirm_seconds_sum") >= 0.2 * turns
 
 
 def intake_empty(amqp_url: str) -> Callable[[], Awaitable[bool]]:

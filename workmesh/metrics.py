@@ -43,6 +43,12 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.confirm_wait = Histogram(
+            "workmesh_dispatch_confirm_seconds",
+            "How long a leader turn waited for RabbitMQ to confirm what it published.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.batch_size = Histogram(
             "workmesh_dispatch_batch_size",
             "Intake messages per grouped commit.",

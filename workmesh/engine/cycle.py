@@ -149,7 +149,11 @@ class LeaderCycle:
         started: float,
     ) -> None:
         """After the commit: publish, then settle, in the order the turns were taken."""
+        publishing = time.perf_counter()
         await asyncio.gather(self.reports.publish(report_plan), self.intake.publish(intake_plan))
+        if intake_plan.assigned or report_plan.follow_ups:
+            # RabbitMQ confirms a persistent message once it is on disk: a slow disk shows here.
+            self.state.metrics.confirm_wait.observe(time.perf_counter() - publishing)
         if previous is not None:
             await previous  # a multiple-ack must not overtake an earlier turn's publishes
         await self.reports.settle(reports)
