@@ -35,9 +35,15 @@ async def test_threshold_policy_engages_reserves_and_announces_it(harness: Harne
             for _ in range(3):
                 await producer.submit()
             await eventually(lambda: sum(r.load for r in reserves) == 2, message="two reserves")
-        # Then the events tell the story: workers online, reserves activated, tasks assigned
+        # Then the events tell the story: workers online, reserves activated, tasks assigned.
+        # Events are sent without waiting (the review announces after it has let the cycle
+        # assign), so one may reach the tap after the assignment reached its worker.
+        await eventually(
+            lambda: {e["worker_id"] for e in tap.of("worker.activated")} == {"r0", "r1"},
+            message="both reserves announced activated",
+        )
+        await eventually(lambda: len(tap.of("task.assigned")) == 3, message="three assigned")
         assert {e["worker_id"] for e in tap.of("worker.online")} == {"a", "r0", "r1"}
-        assert {e["worker_id"] for e in tap.of("worker.activated")} == {"r0", "r1"}
         wanted = [e["desired_reserve"] for e in tap.of("pool.scale")]
         assert wanted.index(1) < wanted.index(2), wanted  # one reserve, then both
         assert all(e["policy"] == "threshold" for e in tap.of("pool.scale"))
