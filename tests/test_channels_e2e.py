@@ -121,7 +121,11 @@ async def test_a_task_not_started_within_its_lease_goes_to_another_worker(
         quick = await harness.bot("quick", capacity=1)
         await harness.wait_task(task_id, "the task done by the other worker", status="done")
         assert [r.task_id for r in quick.received] == [task_id]
-        assert tap.of("task.lease_expired") == [{"task_id": task_id, "worker_id": "slow"}]
+        # The review publishes the event after the task went back to the queue.
+        await eventually(
+            lambda: tap.of("task.lease_expired") == [{"task_id": task_id, "worker_id": "slow"}],
+            message="task.lease_expired",
+        )
     # Too late: the task is no longer the slow worker's.
     assert await set_status(harness, slow, task_id, "in_progress") == 403
 
