@@ -124,6 +124,10 @@ class PoolReview:
                     await state.reload()  # the database still says what it said; look again
                     raise
             if changes:
+                # Announced before the cycle may use the change (it waits for the lock), and on
+                # the channel its task.assigned events take: whoever listens hears of a worker
+                # online or activated before any task assigned to it.
+                await self._announce(changes)
                 state.room.set()
             expired = await self._expire_leases(now)
             orphans: list[Task] = []
@@ -144,7 +148,8 @@ class PoolReview:
             )
         if orphans:
             log.warning("published %d orphaned tasks again", len(orphans))
-        await self._announce(changes, desired)
+        await self._purge_offline(changes)
+        await self._announce_scale(desired)
         self._export(backlog, counts)
 
     async def _record(self, changes: list[PoolChange], reconcile: bool, now: float) -> list[Task]:
@@ -206,21 +211,29 @@ class PoolReview:
         result = queue.declaration_result
         return int(result.message_count or 0)
 
-    async def _announce(self, changes: list[PoolChange], desired: int) -> None:
-        publisher = self.state.publisher
+    async def _announce(self, changes: list[PoolChange]) -> None:
+        """worker.online, offline, activated and standby, in the order they happened."""
         for change in changes:
             log.info("worker %s is %s", change.worker_id, change.event)
-            await publisher.event(f"worker.{change.event}", {"worker_id": change.worker_id})
+            await self.state.publisher.event(
+                f"worker.{change.event}", {"worker_id": change.worker_id}
+            )
+
+    async def _purge_offline(self, changes: list[PoolChange]) -> None:
+        """Assignments still waiting in an offline worker's queue now belong to someone else
+        (their tasks went back to the intake queue)."""
+        for change in changes:
             if change.event == "offline":
-                # Assignments still waiting there now belong to someone else.
                 queue = await self.channel.declare_queue(
                     worker_queue(change.worker_id).name, passive=True
                 )
                 await queue.purge()
+
+    async def _announce_scale(self, desired: int) -> None:
         if desired != self.desired:
             self.desired = desired
             self.state.metrics.desired_reserve.set(desired)
-            await publisher.event(
+            await self.state.publisher.event(
                 "pool.scale",
                 {
                     "desired_reserve": desired,
