@@ -38,7 +38,7 @@ async def cli(harness: Harness, *args: str, stdin: bytes | None = None) -> tuple
 async def test_help_explains_every_command(harness: Harness) -> None:
     code, out, _ = await cli(harness, "--help")
     assert code == 0
-    for command in ("run", "migrate", "worker", "token", "submit", "stats"):
+    for command in ("run", "migrate", "worker", "token", "submit", "stats", "dead"):
         assert command in out
     assert "least-loaded" in out
     code, out, _ = await cli(harness, "run", "--help")

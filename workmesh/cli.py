@@ -151,6 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
     stats.set_defaults(func=_stats)
 
+    dead = commands.add_parser(
+        "dead",
+        help="look at the dead letters in workmesh.dead, or move them to a file",
+        description="Messages the mesh gave up on wait in the queue workmesh.dead, each with "
+        "the reason (docs/contract.md, section 7). Nothing takes them off but this command.",
+    )
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    dead_list = dead_commands.add_parser(
+        "list",
+        help="how many wait, and the first few with their reasons (they stay in the queue)",
+    )
+    dead_list.add_argument(
+        "--limit", type=_positive, default=20, help="how many to show (default 20)"
+    )
+    dead_list.add_argument("--json", action="store_true", help="print JSON lines instead")
+    dead_list.set_defaults(func=_dead_list)
+    dead_move = dead_commands.add_parser(
+        "move",
+        help="write dead letters to a JSON-lines file and take them off the queue",
+        description="Append each dead letter as a JSON line (reason, source, routing_key, "
+        "headers, body) to FILE, and acknowledge it only once the file is synced to disk. "
+        "Use - for standard output.",
+    )
+    dead_move.add_argument("file", help="JSON-lines file to append to (- for stdout)")
+    dead_move.add_argument(
+        "--limit", type=_positive, default=None, help="move at most this many (default: all)"
+    )
+    dead_move.set_defaults(func=_dead_move)
+
     from workmesh.files.cli import add_commands as add_files_commands
 
     add_files_commands(commands)
@@ -352,11 +381,74 @@ def _stats(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(path: str) -> IO[str]:
+def _positive(text: str) -> int:
     try:
-        return open(path, encoding="utf-8")
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _dead_list(settings: Settings, args: argparse.Namespace) -> int:
+    from workmesh import dead
+
+    try:
+        count, letters = asyncio.run(dead.peek(settings.amqp.url, args.limit))
+    except LookupError as error:
+        raise CliError(str(error)) from None
+    if args.json:
+        for letter in letters:
+            print(letter.as_json())
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "source", "reason", "body", title=f"{count} dead letters in workmesh.dead", expand=True
+    )
+    for letter in letters:
+        table.add_row(letter.source, letter.reason, letter.body[:200])
+    Console().print(table)
+    if count > len(letters):
+        print(f"(the first {len(letters)} of {count}; --limit shows more)", file=sys.stderr)
+    return 0
+
+
+def _dead_move(settings: Settings, args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from workmesh import dead
+
+    target = nullcontext(sys.stdout) if args.file == "-" else _open(args.file, "a")
+    try:
+        with (
+            target as out,
+            Progress(console=Console(stderr=True), transient=True) as progress,
+        ):
+            bar = progress.add_task("moving dead letters", total=None)
+
+            def advance(moved: int, total: int) -> None:
+                progress.update(bar, advance=moved, total=total)
+
+            moved = asyncio.run(dead.move_to(settings.amqp.url, out, args.limit, advance))
+    except LookupError as error:
+        raise CliError(str(error)) from None
+    where = "stdout" if args.file == "-" else args.file
+    print(f"moved {moved} dead letters to {where}", file=sys.stderr)
+    return 0
+
+
+def _open(path: str, mode: str = "r") -> IO[str]:
+    try:
+        return open(path, mode, encoding="utf-8")
     except OSError as error:
-        raise CliError(f"cannot read {path}: {error.strerror}") from None
+        doing = "read" if mode == "r" else "write"
+        raise CliError(f"cannot {doing} {path}: {error.strerror}") from None
 
 
 def _numbered(stream: IO[str]) -> Iterator[tuple[int, str]]:

@@ -3,8 +3,8 @@
 Each api process binds a queue of its own to the ``workmesh.dead`` fanout exchange: exclusive
 (nobody else reads it), auto-deleted (it goes with the process) and not durable. A fanout
 exchange copies every message to every bound queue, so this changes nothing for the
-operators' durable ``workmesh.dead`` queue, which keeps every dead letter until someone reads
-it. The copy here is only a window: the last ``KEEP`` dead letters since this process started.
+operators' durable ``workmesh.dead`` queue, which keeps every dead letter until an operator
+moves it (``workmesh dead move``). The copy here is only a window: the last ``KEEP`` dead letters since this process started.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from faststream.middlewares import AckPolicy
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 
-from rabbitmq.topology import DEAD_EXCHANGE, REASON_HEADER, TOKEN_HEADER
+from rabbitmq.topology import DEAD_EXCHANGE, TOKEN_HEADER
+from workmesh.dead import SOURCE_HEADER, reason_of, text
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,8 @@ class DeadLetterLog:
         self._recent.appendleft(
             {
                 "at": datetime.now(UTC).isoformat(),
-                "reason": _reason(headers),
-                "source": _text(headers.get("x-workmesh-source")),
+                "reason": reason_of(headers),
+                "source": text(headers.get(SOURCE_HEADER)),
                 "task_id": _task_id(body),
                 "body": body[:BODY_CHARS].decode("utf-8", errors="replace"),
                 "truncated": len(body) > BODY_CHARS,
@@ -75,26 +76,6 @@ class DeadLetterLog:
             "keep": self.keep,
             "recent": list(self._recent),
         }
-
-
-def _reason(headers: dict[str, Any]) -> str:
-    reason = _text(headers.get(REASON_HEADER))
-    if reason:
-        return reason
-    # Dead-lettered by RabbitMQ itself (a nack without requeue, an expiry): x-death says why.
-    deaths = headers.get("x-death")
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        first = deaths[0]
-        return f"RabbitMQ: {_text(first.get('reason'))} in {_text(first.get('queue'))}"
-    return "no reason given"
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
 
 
 def _task_id(body: bytes) -> str | None:
