@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
 WORKER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -21,6 +21,21 @@ class WorkerCreate(BaseModel):
     id: str = Field(pattern=WORKER_ID_PATTERN, description="becomes the queue workmesh.worker.<id>")
     capacity: int = Field(default=1, ge=1, le=10_000)
     tier: Tier = Tier.ACTIVE
+
+
+class WorkerUpdate(BaseModel):
+    """What an admin may change of a registered worker; at least one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    capacity: int | None = Field(default=None, ge=1, le=10_000)
+    tier: Tier | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> WorkerUpdate:
+        if self.capacity is None and self.tier is None:
+            raise ValueError("nothing to change: give capacity, tier or both")
+        return self
 
 
 class Heartbeat(BaseModel):

@@ -77,3 +77,22 @@ def test_pool_marks_silent_workers_offline_and_engages_only_online_reserves() ->
     changes = pool.sync(records, later, 107.0)
     assert {(c.worker_id, c.event) for c in changes} == {("a", "offline"), ("r1", "offline")}
     assert pool.free_capacity() == 0
+
+
+def test_pool_takes_a_new_capacity_and_tier_at_the_next_sync() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    pool = WorkerPool(heartbeat_timeout=10, reserve_idle=5)
+    pool.sync([WorkerRecord("a", Tier.ACTIVE, 1, "h1", now)], now, 0.0)
+    pool.assign("t1", "a", 1.0)
+    assert pool.free_capacity() == 0
+    # More room: the same worker takes more
+    assert pool.sync([WorkerRecord("a", Tier.ACTIVE, 3, "h1", now)], now, 2.0) == []
+    assert pool.free_capacity() == 2
+    # Made a reserve: it stands by (announced), keeps its task, and takes no more
+    changes = pool.sync([WorkerRecord("a", Tier.RESERVE, 3, "h1", now)], now, 3.0)
+    assert [(c.worker_id, c.event) for c in changes] == [("a", "standby")]
+    assert (pool.free_capacity(), pool.workers["a"].load) == (0, 1)
+    # Engaged by the policy, then made active again: eligible, disengaged, nothing announced
+    assert [c.event for c in pool.engage(1, 4.0)] == ["activated"]
+    assert pool.sync([WorkerRecord("a", Tier.ACTIVE, 3, "h1", now)], now, 5.0) == []
+    assert (pool.workers["a"].engaged, pool.free_capacity()) == (False, 2)

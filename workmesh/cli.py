@@ -112,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("id", help="the worker's id")
     rotate.set_defaults(func=_worker_token)
+    change = worker_commands.add_parser(
+        "set",
+        help="change a worker's capacity or tier",
+        description="Change a registered worker's capacity and/or tier; prints the worker. "
+        "The dispatcher takes it up at its next review (WORKMESH_DISPATCH_REVIEW_INTERVAL). "
+        "A worker made a reserve stands by until the scaling policy brings it in; tasks it "
+        "holds stay with it. A worker consuming over AMQP should set its prefetch to the new "
+        "capacity.",
+    )
+    change.add_argument("id", help="the worker's id")
+    change.add_argument("--capacity", type=_positive, help="tasks it may hold at once")
+    change.add_argument("--tier", choices=["active", "reserve"], help="its new tier")
+    change.set_defaults(func=_worker_set)
 
     token = commands.add_parser("token", help="make, list and revoke producer and admin tokens")
     token_commands = token.add_subparsers(required=True, metavar="ACTION")
@@ -290,6 +303,29 @@ def _worker_token(settings: Settings, args: argparse.Namespace) -> int:
 
     print(json.dumps({"id": args.id, "token": asyncio.run(rotate())}))
     print("keep the token: it is shown only now; the old one no longer works", file=sys.stderr)
+    return 0
+
+
+def _worker_set(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.workers import WorkerUpdate
+    from workmesh.services.workers import UnknownWorker, update_worker, worker_views
+
+    try:
+        change = WorkerUpdate(capacity=args.capacity, tier=args.tier)
+    except ValidationError:
+        raise CliError("nothing to change: give --capacity, --tier or both") from None
+
+    async def apply() -> Any:
+        async with _session(settings) as session:
+            async with session.begin():
+                try:
+                    await update_worker(session, args.id, change)
+                except UnknownWorker as error:
+                    raise CliError(str(error)) from None
+            (view,) = await worker_views(session, args.id)
+            return view
+
+    print(asyncio.run(apply()).model_dump_json())
     return 0
 
 

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from schemas.workers import WorkerCreate
+from schemas.workers import WorkerCreate, WorkerUpdate
 from workmesh.api.bus import BUS
 from workmesh.api.common import SESSIONS, ApiError, json_response, principal, read_body
 from workmesh.security import Role
@@ -54,6 +54,21 @@ async def replace_token(request: web.Request) -> web.Response:
     return json_response(
         {"id": worker_id, "token": token, "note": "the token is shown once; the old one is void"}
     )
+
+
+@routes.patch("/api/v1/workers/{worker_id}")
+async def change_worker(request: web.Request) -> web.Response:
+    principal(request, Role.ADMIN)
+    worker_id = request.match_info["worker_id"]
+    change = await read_body(request, WorkerUpdate)
+    async with request.app[SESSIONS]() as session, session.begin():
+        try:
+            await workers.update_worker(session, worker_id, change)
+        except workers.UnknownWorker as error:
+            raise ApiError(404, str(error)) from None
+    async with request.app[SESSIONS]() as session:
+        (view,) = await workers.worker_views(session, worker_id)
+    return json_response(view)
 
 
 @routes.get("/api/v1/workers")

@@ -111,7 +111,15 @@ class WorkerPool:
                     idle_since=now,
                 )
                 self.workers[record.worker_id] = worker
-            worker.tier, worker.capacity = record.tier, record.capacity
+            if record.tier is not worker.tier:
+                # Re-tiered by an admin (PATCH /api/v1/workers/{id}): the new tier starts
+                # disengaged, so an active worker made a reserve stops taking tasks until the
+                # scaling policy brings it in.
+                was_eligible = worker.eligible
+                worker.tier, worker.engaged = record.tier, False
+                if was_eligible and not worker.eligible:
+                    changes.append(PoolChange(worker.worker_id, "standby"))
+            worker.capacity = record.capacity
             worker.token_hash = record.token_hash
             worker.wants_notices = record.wants_notices
             alive = (

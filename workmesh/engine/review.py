@@ -106,6 +106,7 @@ class PoolReview:
         now = time.monotonic()
         async with state.lock:
             # Only what must agree with the pool happens under the lock; turns wait for it.
+            room_before = state.pool.free_capacity()
             changes = state.pool.sync(records, datetime.now(UTC), now)
             view = PoolView(
                 backlog=backlog,
@@ -128,7 +129,8 @@ class PoolReview:
                 # the channel its task.assigned events take: whoever listens hears of a worker
                 # online or activated before any task assigned to it.
                 await self._announce(changes)
-                state.room.set()
+            if changes or state.pool.free_capacity() > room_before:
+                state.room.set()  # (more room without an event: an admin raised a capacity)
             expired = await self._expire_leases(now)
             orphans: list[Task] = []
             if backlog == 0 and waiting_retries == 0:

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Task, Worker
 from models.base import utcnow
-from schemas.workers import WorkerCreate, WorkerView
+from schemas.workers import WorkerCreate, WorkerUpdate, WorkerView
 from workmesh.dispatch.lifecycle import ON_WORKER
 from workmesh.security import hash_token, new_token
 
@@ -47,6 +47,20 @@ async def replace_worker_token(session: AsyncSession, worker_id: str) -> str:
     token = new_token()
     worker.token_hash = hash_token(token)
     return token
+
+
+async def update_worker(session: AsyncSession, worker_id: str, change: WorkerUpdate) -> None:
+    """Change a worker's capacity or tier. The dispatcher leader takes it up at its next
+    review; a worker whose tier changes starts that tier disengaged (a new reserve waits for
+    the scaling policy to bring it in)."""
+    worker = await session.get(Worker, worker_id)
+    if worker is None:
+        raise UnknownWorker(f"unknown worker {worker_id!r}")
+    if change.capacity is not None:
+        worker.capacity = change.capacity
+    if change.tier is not None and change.tier.value != worker.tier:
+        worker.tier = change.tier.value
+        worker.engaged = False
 
 
 async def record_heartbeat(session: AsyncSession, worker_id: str) -> None:

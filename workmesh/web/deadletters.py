@@ -4,7 +4,8 @@ Each api process binds a queue of its own to the ``workmesh.dead`` fanout exchan
 (nobody else reads it), auto-deleted (it goes with the process) and not durable. A fanout
 exchange copies every message to every bound queue, so this changes nothing for the
 operators' durable ``workmesh.dead`` queue, which keeps every dead letter until an operator
-moves it (``workmesh dead move``). The copy here is only a window: the last ``KEEP`` dead letters since this process started.
+moves it (``workmesh dead move``). The copy here is only a window: the last ``KEEP`` dead
+letters since this process started.
 """
 
 from __future__ import annotations

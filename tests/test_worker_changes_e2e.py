@@ -1,0 +1,128 @@
+"""An admin changes a worker's capacity or tier (PATCH /api/v1/workers/{id}, ``workmesh
+worker set``), and the dispatcher follows at its next review."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.bots import EventTap
+from tests.conftest import Harness, eventually
+from tests.test_cli import cli
+
+
+async def submit(harness: Harness, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        status, body = await harness.api("POST", "/api/v1/tasks", json={"kind": f"k{n}"})
+        assert status in (201, 202), body
+        ids.append(body["id"])
+    return ids
+
+
+async def statuses(harness: Harness, ids: list[str]) -> list[tuple[str, Any]]:
+    found = []
+    for task_id in ids:
+        _, task = await harness.api("GET", f"/api/v1/tasks/{task_id}")
+        found.append((task["status"], task["worker_id"]))
+    return found
+
+
+async def test_more_capacity_lets_a_worker_take_more(harness: Harness) -> None:
+    # Given a worker with room for one, holding one task while a second waits
+    await harness.start()
+    await harness.bot("w", capacity=1, mode="hold")
+    await harness.wait_online("w")
+    first, second = await submit(harness, 2)
+    await harness.wait_task(first, "first assigned", worker_id="w")
+    assert (await statuses(harness, [second]))[0] == ("queued", None)
+    # When an admin gives it room for two
+    status, view = await harness.api("PATCH", "/api/v1/workers/w", json={"capacity": 2})
+    assert status == 200, view
+    assert (view["id"], view["capacity"], view["tier"], view["load"]) == ("w", 2, "active", 1)
+    # Then the waiting task goes to it at the dispatcher's next review
+    await harness.wait_task(second, "second assigned", worker_id="w")
+
+
+async def test_an_active_worker_made_a_reserve_stands_by(harness: Harness) -> None:
+    await harness.start()
+    async with EventTap(harness.amqp_url, ("worker.*", "task.assigned")) as tap:
+        await harness.bot("a", capacity=2, mode="hold")
+        await harness.bot("b", capacity=2, mode="hold")
+        await harness.wait_online("a", "b")
+        # When b is made a reserve
+        status, view = await harness.api("PATCH", "/api/v1/workers/b", json={"tier": "reserve"})
+        assert status == 200, view
+        assert (view["tier"], view["engaged"]) == ("reserve", False)
+        # Then it is announced standing by, and new tasks go to a alone while a has room
+        await eventually(
+            lambda: {e["worker_id"] for e in tap.of("worker.standby")} == {"b"},
+            message="b stands by",
+        )
+        ids = await submit(harness, 2)
+        for task_id in ids:
+            await harness.wait_task(task_id, "assigned to a", worker_id="a")
+        # And made active again, it takes the next one (it is the least loaded)
+        status, view = await harness.api("PATCH", "/api/v1/workers/b", json={"tier": "active"})
+        assert (status, view["tier"]) == (200, "active")
+        await eventually(lambda: len(tap.of("worker.standby")) == 1, message="no second standby")
+        (third,) = await submit(harness, 1)
+        await harness.wait_task(third, "assigned to b", worker_id="b")
+
+
+async def test_worker_changes_refuse_bad_input(harness: Harness) -> None:
+    await harness.start()
+    w_token = await harness.add_worker("w", capacity=2)
+    producer = await harness.producer_token()
+    cases: list[tuple[str | None, str, Any, int, str]] = [
+        (None, "w", {"capacity": 3}, 401, "a valid token is required"),
+        (producer, "w", {"capacity": 3}, 403, "role admin"),
+        (w_token, "w", {"capacity": 3}, 403, "role admin"),
+        ("admin", "nobody", {"capacity": 3}, 404, "unknown worker 'nobody'"),
+        ("admin", "w", {}, 422, "the body does not match the schema"),
+        ("admin", "w", {"capacity": 0}, 422, "the body does not match the schema"),
+        ("admin", "w", {"tier": "boss"}, 422, "the body does not match the schema"),
+        ("admin", "w", {"capacity": 3, "name": "x"}, 422, "the body does not match the schema"),
+    ]
+    misses = []
+    for token, worker_id, body, expected, reason in cases:
+        kwargs: dict[str, Any] = {"json": body}
+        if token != "admin":
+            kwargs["token"] = token
+        status, reply = await harness.api("PATCH", f"/api/v1/workers/{worker_id}", **kwargs)
+        if status != expected or reason not in str(reply.get("error")):
+            misses.append(f"{token} {worker_id} {body}: {status} {reply}")
+    status, reply = await harness.api(
+        "PATCH",
+        "/api/v1/workers/w",
+        data=b"{capacity",
+        headers={"Content-Type": "application/json"},
+    )
+    if status != 400 or "malformed JSON" not in reply["error"]:
+        misses.append(f"malformed JSON: {status} {reply}")
+    assert not misses, "\n".join(misses)
+    # Nothing changed
+    _, view = await harness.api("GET", "/api/v1/workers/w")
+    assert (view["capacity"], view["tier"]) == (2, "active")
+    # The schema says what was wrong with an empty change
+    _, reply = await harness.api("PATCH", "/api/v1/workers/w", json={})
+    assert "nothing to change" in json.dumps(reply["details"])
+
+
+async def test_worker_set_from_the_command_line(harness: Harness) -> None:
+    await harness.start()
+    await harness.add_worker("w", capacity=2)
+    code, out, err = await cli(
+        harness, "worker", "set", "w", "--capacity", "5", "--tier", "reserve"
+    )
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["id"], shown["capacity"], shown["tier"]) == ("w", 5, "reserve")
+    code, _, err = await cli(harness, "worker", "set", "w")
+    assert (code, "nothing to change" in err) == (1, True), err
+    code, _, err = await cli(harness, "worker", "set", "nobody", "--capacity", "2")
+    assert (code, "unknown worker 'nobody'" in err) == (1, True), err
+    code, _, err = await cli(harness, "worker", "set", "w", "--capacity", "0")
+    assert (code, "must be at least 1" in err) == (2, True), err
+    _, view = await harness.api("GET", "/api/v1/workers/w")
+    assert (view["capacity"], view["tier"]) == (5, "reserve")
