@@ -28,3 +28,11 @@ class Worker(Base):
     # Kept in clear: the mesh signs every webhook body with it (HMAC-SHA256).
     webhook_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
     email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    # Set when an admin removes the worker. The row stays, so its finished tasks still say who
+    # did them; everything else treats the worker as gone (``LIVE``), and adding the same id
+    # again brings it back with a new token.
+    removed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+# The workers that have not been removed.
+LIVE = Worker.removed_at.is_(None)

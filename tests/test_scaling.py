@@ -96,3 +96,23 @@ def test_pool_takes_a_new_capacity_and_tier_at_the_next_sync() -> None:
     assert [c.event for c in pool.engage(1, 4.0)] == ["activated"]
     assert pool.sync([WorkerRecord("a", Tier.ACTIVE, 3, "h1", now)], now, 5.0) == []
     assert (pool.workers["a"].engaged, pool.free_capacity()) == (False, 2)
+
+
+def test_pool_announces_a_removed_worker_and_forgets_it_when_told() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    pool = WorkerPool(heartbeat_timeout=10, reserve_idle=5)
+    records = [
+        WorkerRecord("a", Tier.ACTIVE, 2, "h1", now),
+        WorkerRecord("b", Tier.ACTIVE, 1, "h2", now),
+    ]
+    pool.sync(records, now, 0.0)
+    pool.assign("t1", "b", 1.0)
+    # b is no longer among the live workers: announced once, takes nothing, token void
+    assert [(c.worker_id, c.event) for c in pool.sync(records[:1], now, 2.0)] == [("b", "removed")]
+    assert pool.sync(records[:1], now, 3.0) == []
+    assert (pool.free_capacity(), pool.workers["b"].token_hash) == (2, "")
+    assert pool.pick() == "a"
+    # Forgotten (after the review put its task back): no trace of it or its task
+    pool.forget("b")
+    assert "b" not in pool.workers
+    assert "t1" not in pool.task_worker

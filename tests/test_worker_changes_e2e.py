@@ -1,10 +1,13 @@
 """An admin changes a worker's capacity or tier (PATCH /api/v1/workers/{id}, ``workmesh
-worker set``), and the dispatcher follows at its next review."""
+worker set``) or removes it (DELETE, ``workmesh worker remove``), and the dispatcher follows
+at its next review."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import aio_pika
 
 from tests.bots import EventTap
 from tests.conftest import Harness, eventually
@@ -126,3 +129,99 @@ async def test_worker_set_from_the_command_line(harness: Harness) -> None:
     assert (code, "must be at least 1" in err) == (2, True), err
     _, view = await harness.api("GET", "/api/v1/workers/w")
     assert (view["capacity"], view["tier"]) == (5, "reserve")
+
+
+async def queue_exists(amqp_url: str, name: str) -> bool:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        try:
+            await (await connection.channel()).declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return False
+        return True
+
+
+async def test_a_removed_worker_gives_its_tasks_back_and_may_come_back(harness: Harness) -> None:
+    # Given a worker holding a task
+    await harness.start()
+    async with EventTap(harness.amqp_url, ("worker.*",)) as tap:
+        await harness.bot("w", capacity=1, mode="hold")
+        await harness.wait_online("w")
+        w_token = next(bot.token for bot in harness.bots if bot.worker_id == "w")
+        (task_id,) = await submit(harness, 1)
+        await harness.wait_task(task_id, "on w", worker_id="w")
+        await harness.bot("v", capacity=1, mode="hold")
+        await harness.wait_online("v")
+        # When an admin removes it
+        status, body = await harness.api("DELETE", "/api/v1/workers/w")
+        assert status == 204, body
+        # Then its token is void at once, and the API no longer shows it
+        status, _ = await harness.api("POST", "/api/v1/worker/heartbeat", token=w_token)
+        assert status == 401
+        assert (await harness.api("GET", "/api/v1/workers/w"))[0] == 404
+        _, listing = await harness.api("GET", "/api/v1/workers")
+        assert [w["id"] for w in listing["workers"]] == ["v"]
+        # And at the next review its task goes back to the queue, on to v, it is announced
+        # removed and its queue is deleted
+        await harness.wait_task(task_id, "moved to v", worker_id="v")
+        await eventually(
+            lambda: {e["worker_id"] for e in tap.of("worker.removed")} == {"w"},
+            message="worker.removed",
+        )
+        assert not await queue_exists(harness.amqp_url, "workmesh.worker.w")
+        # Adding the same id again brings it back, with a new token and a new queue
+        status, again = await harness.api("POST", "/api/v1/workers", json={"id": "w"})
+        assert status == 201, again
+        assert again["token"] != w_token
+        assert (await harness.api("GET", "/api/v1/workers/w"))[1]["online"] is False
+        await eventually(lambda: queue_exists(harness.amqp_url, "workmesh.worker.w"), message="q")
+
+
+async def test_removing_refuses_bad_input(harness: Harness) -> None:
+    await harness.start()
+    w_token = await harness.add_worker("w")
+    producer = await harness.producer_token()
+    for token, worker_id, expected in [
+        (None, "w", 401),
+        (producer, "w", 403),
+        (w_token, "w", 403),
+        ("admin", "nobody", 404),
+    ]:
+        kwargs: dict[str, Any] = {} if token == "admin" else {"token": token}
+        status, reply = await harness.api("DELETE", f"/api/v1/workers/{worker_id}", **kwargs)
+        assert (status, bool(reply.get("error"))) == (expected, True), (token, reply)
+    assert (await harness.api("GET", "/api/v1/workers/w"))[0] == 200  # still there
+    code, _, err = await cli(harness, "worker", "remove", "w")
+    assert code == 0, err
+    assert "removed worker w" in err
+    code, _, err = await cli(harness, "worker", "remove", "w")
+    assert (code, "unknown worker 'w'" in err) == (1, True), err
+    status, reply = await harness.api("DELETE", "/api/v1/workers/w")
+    assert (status, reply["error"]) == (404, "unknown worker 'w'")
+    for method, path, body in [
+        ("PATCH", "/api/v1/workers/w", {"capacity": 2}),
+        ("POST", "/api/v1/workers/w/token", None),
+        ("PUT", "/api/v1/workers/w/notifications", {"email": "w@example.org"}),
+    ]:
+        status, reply = await harness.api(method, path, json=body)
+        assert status == 404, (method, path, reply)
+
+
+async def test_a_leader_change_before_the_review_still_gives_the_tasks_back(
+    harness: Harness,
+) -> None:
+    # Given a task on w, and the mesh stopped before any review saw w removed
+    mesh = await harness.start(reconcile_interval=1.0)
+    await harness.bot("w", capacity=1, mode="hold")
+    await harness.wait_online("w")
+    (task_id,) = await submit(harness, 1)
+    await harness.wait_task(task_id, "on w", worker_id="w")
+    await mesh.stop()
+    code, _, err = await cli(harness, "worker", "remove", "w")
+    assert code == 0, err
+    # When a new leader starts (it never knew w) and another worker has room
+    harness.meshes.remove(mesh)
+    await harness.start(reconcile_interval=1.0)
+    await harness.bot("v", capacity=1, mode="hold")
+    # Then the reconciliation puts the task back, and it goes to v
+    await harness.wait_task(task_id, "moved to v", worker_id="v")

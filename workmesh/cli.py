@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--capacity", type=_positive, help="tasks it may hold at once")
     change.add_argument("--tier", choices=["active", "reserve"], help="its new tier")
     change.set_defaults(func=_worker_set)
+    remove = worker_commands.add_parser(
+        "remove",
+        help="remove a worker; its unfinished tasks go back to the queue",
+        description="Remove a worker: its token stops working at once; at the dispatcher's "
+        "next review its unfinished tasks go back to the queue (with their priority) and its "
+        "queue is deleted. Its finished tasks still name it. 'worker add' with the same id "
+        "brings it back with a new token.",
+    )
+    remove.add_argument("id", help="the worker's id")
+    remove.set_defaults(func=_worker_remove)
 
     token = commands.add_parser("token", help="make, list and revoke producer and admin tokens")
     token_commands = token.add_subparsers(required=True, metavar="ACTION")
@@ -326,6 +336,21 @@ def _worker_set(settings: Settings, args: argparse.Namespace) -> int:
             return view
 
     print(asyncio.run(apply()).model_dump_json())
+    return 0
+
+
+def _worker_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from workmesh.services.workers import UnknownWorker, remove_worker
+
+    async def apply() -> None:
+        async with _session(settings) as session, session.begin():
+            try:
+                await remove_worker(session, args.id)
+            except UnknownWorker as error:
+                raise CliError(str(error)) from None
+
+    asyncio.run(apply())
+    print(f"removed worker {args.id}; its unfinished tasks go back to the queue", file=sys.stderr)
     return 0
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.workers import WorkerCreate, WorkerUpdate
 from workmesh.api.bus import BUS
@@ -13,6 +16,7 @@ from workmesh.security import Role
 from workmesh.services import tasks, workers
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 routes = web.RouteTableDef()
 
 
@@ -42,33 +46,47 @@ async def add_worker(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/api/v1/workers/{worker_id}/token")
-async def replace_token(request: web.Request) -> web.Response:
-    principal(request, Role.ADMIN)
+async def _change_worker(
+    request: web.Request, change: Callable[[AsyncSession, str], Awaitable[T]]
+) -> T:
+    """Apply an admin's change to the worker the path names, in one transaction; 404 if it is
+    unknown (or removed)."""
     worker_id = request.match_info["worker_id"]
     async with request.app[SESSIONS]() as session, session.begin():
         try:
-            token = await workers.replace_worker_token(session, worker_id)
+            return await change(session, worker_id)
         except workers.UnknownWorker as error:
             raise ApiError(404, str(error)) from None
+
+
+@routes.post("/api/v1/workers/{worker_id}/token")
+async def replace_token(request: web.Request) -> web.Response:
+    principal(request, Role.ADMIN)
+    token = await _change_worker(request, workers.replace_worker_token)
     return json_response(
-        {"id": worker_id, "token": token, "note": "the token is shown once; the old one is void"}
+        {
+            "id": request.match_info["worker_id"],
+            "token": token,
+            "note": "the token is shown once; the old one is void",
+        }
     )
 
 
 @routes.patch("/api/v1/workers/{worker_id}")
 async def change_worker(request: web.Request) -> web.Response:
     principal(request, Role.ADMIN)
-    worker_id = request.match_info["worker_id"]
-    change = await read_body(request, WorkerUpdate)
-    async with request.app[SESSIONS]() as session, session.begin():
-        try:
-            await workers.update_worker(session, worker_id, change)
-        except workers.UnknownWorker as error:
-            raise ApiError(404, str(error)) from None
+    update = await read_body(request, WorkerUpdate)
+    await _change_worker(request, lambda session, id_: workers.update_worker(session, id_, update))
     async with request.app[SESSIONS]() as session:
-        (view,) = await workers.worker_views(session, worker_id)
+        (view,) = await workers.worker_views(session, request.match_info["worker_id"])
     return json_response(view)
+
+
+@routes.delete("/api/v1/workers/{worker_id}")
+async def remove_worker(request: web.Request) -> web.Response:
+    principal(request, Role.ADMIN)
+    await _change_worker(request, workers.remove_worker)
+    return web.Response(status=204)
 
 
 @routes.get("/api/v1/workers")

@@ -86,7 +86,7 @@ async def set_notifications(request: web.Request) -> web.Response:
     made: str | None = None
     async with request.app[SESSIONS]() as session, session.begin():
         worker = await session.get(Worker, worker_id)
-        if worker is None:
+        if worker is None or worker.removed_at is not None:
             raise ApiError(404, f"no worker {worker_id!r}")
         worker.webhook_url = str(body.webhook_url) if body.webhook_url else None
         worker.email = body.email

@@ -28,6 +28,7 @@ class PoolWorker:
     tasks: set[str] = field(default_factory=set)
     last_assigned: int = 0  # the number of its latest assignment; lower = waited longer
     idle_since: float = 0.0
+    removed: bool = False  # gone from the database's live workers; forgotten after review
 
     @property
     def eligible(self) -> bool:
@@ -133,8 +134,20 @@ class WorkerPool:
                     worker.engaged = False
                     changes.append(PoolChange(worker.worker_id, "standby"))
         for gone in set(self.workers) - seen:
-            self.workers[gone].online = False
+            # Removed by an admin: it takes nothing more, and the review puts its tasks back
+            # in the queue, deletes its queue and then forgets it.
+            worker = self.workers[gone]
+            if not worker.removed:
+                worker.removed, worker.online, worker.engaged = True, False, False
+                worker.token_hash = ""
+                changes.append(PoolChange(gone, "removed"))
         return changes
+
+    def forget(self, worker_id: str) -> None:
+        """Drop a removed worker, once the review has put its tasks back in the queue."""
+        worker = self.workers.pop(worker_id, None)
+        for task_id in list(worker.tasks) if worker else []:
+            self.task_worker.pop(task_id, None)
 
     # -- load -----------------------------------------------------------------------------
 

@@ -160,10 +160,12 @@ class PoolReview:
         state = self.state
         returned: list[Task] = []
         async with state.sessions() as session, session.begin():
-            if reconcile and await self._reconcile(session, now):
-                state.room.set()
+            if reconcile:
+                if await self._reconcile(session, now):
+                    state.room.set()
+                returned += await assignments.return_tasks_of_removed(session)
             for change in changes:
-                if change.event == "offline":
+                if change.event in ("offline", "removed"):
                     returned += await assignments.return_tasks_of(session, change.worker_id)
             for worker_id in {c.worker_id for c in changes}:
                 worker = state.pool.workers[worker_id]
@@ -172,6 +174,9 @@ class PoolReview:
                 )
         for task in returned:
             state.pool.release(task.id, now)
+        for change in changes:
+            if change.event == "removed":
+                state.pool.forget(change.worker_id)
         return returned
 
     async def _forget_finished(self) -> None:
@@ -214,7 +219,7 @@ class PoolReview:
         return int(result.message_count or 0)
 
     async def _announce(self, changes: list[PoolChange]) -> None:
-        """worker.online, offline, activated and standby, in the order they happened."""
+        """worker.online, offline, activated, standby and removed, in the order they happened."""
         for change in changes:
             log.info("worker %s is %s", change.worker_id, change.event)
             await self.state.publisher.event(
@@ -223,13 +228,16 @@ class PoolReview:
 
     async def _purge_offline(self, changes: list[PoolChange]) -> None:
         """Assignments still waiting in an offline worker's queue now belong to someone else
-        (their tasks went back to the intake queue)."""
+        (their tasks went back to the intake queue). A removed worker's queue goes: RabbitMQ
+        cancels its consumer, so a worker still running learns that it was removed."""
         for change in changes:
+            name = worker_queue(change.worker_id).name
             if change.event == "offline":
-                queue = await self.channel.declare_queue(
-                    worker_queue(change.worker_id).name, passive=True
-                )
+                queue = await self.channel.declare_queue(name, passive=True)
                 await queue.purge()
+            elif change.event == "removed":
+                await self.channel.queue_delete(name)  # (no error if it is gone already)
+                self.declared.discard(change.worker_id)
 
     async def _announce_scale(self, desired: int) -> None:
         if desired != self.desired:

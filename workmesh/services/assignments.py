@@ -6,11 +6,12 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import ApiToken, Task, Worker
 from models.base import utcnow
+from models.workers import LIVE
 from schemas.workers import Tier
 from workmesh.dispatch.lifecycle import (
     ASSIGNABLE,
@@ -50,7 +51,7 @@ def mark_assigned(task: TaskState, worker_id: str, now: datetime) -> None:
 
 
 async def worker_records(session: AsyncSession) -> list[WorkerRecord]:
-    rows = await session.scalars(select(Worker))
+    rows = await session.scalars(select(Worker).where(LIVE))
     return [
         WorkerRecord(
             w.id,
@@ -88,13 +89,20 @@ async def producer_token_names(session: AsyncSession) -> dict[str, str]:
 
 
 async def return_tasks_of(session: AsyncSession, worker_id: str) -> list[Task]:
-    """A worker went offline: its unfinished tasks go back to the queue."""
+    """A worker went offline or was removed: its unfinished tasks go back to the queue."""
+    return await _back_to_queue(session, Task.worker_id == worker_id)
+
+
+async def return_tasks_of_removed(session: AsyncSession) -> list[Task]:
+    """Unfinished tasks still on removed workers go back to the queue. The review does this
+    when it sees the removal; this catches what a leader change in between left behind."""
+    removed = select(Worker.id).where(Worker.removed_at.is_not(None))
+    return await _back_to_queue(session, Task.worker_id.in_(removed))
+
+
+async def _back_to_queue(session: AsyncSession, on: ColumnElement[bool]) -> list[Task]:
     rows = (
-        await session.scalars(
-            select(Task).where(
-                Task.worker_id == worker_id, Task.status.in_([s.value for s in ON_WORKER])
-            )
-        )
+        await session.scalars(select(Task).where(on, Task.status.in_([s.value for s in ON_WORKER])))
     ).all()
     now = utcnow()
     for task in rows:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Worker
 from models.base import utcnow
+from models.workers import LIVE
 from workmesh.security import header_holds
 from workmesh.services.workers import UnknownWorker
 
@@ -76,7 +77,7 @@ class HeartbeatBook:
         ids = {beat.worker_id for beat in beats}
         async with self.sessions() as session, session.begin():
             rows = await session.execute(
-                select(Worker.id, Worker.token_hash).where(Worker.id.in_(ids))
+                select(Worker.id, Worker.token_hash).where(Worker.id.in_(ids), LIVE)
             )
             hashes: dict[str, str] = dict(rows.all())
             outcomes = [_judge(beat, hashes.get(beat.worker_id)) for beat in beats]

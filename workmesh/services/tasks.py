@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Task, Worker
 from models.base import utcnow
+from models.workers import LIVE
 from schemas.tasks import TaskSubmit
 from workmesh.dispatch.lifecycle import (
     CANCELLABLE,
@@ -144,7 +145,7 @@ async def stats(session: AsyncSession) -> dict[str, object]:
     by_status = dict(
         (await session.execute(select(Task.status, func.count()).group_by(Task.status))).all()
     )
-    workers = (await session.scalars(select(Worker))).all()
+    workers = (await session.scalars(select(Worker).where(LIVE))).all()
     on_workers = await session.scalar(
         select(func.count()).where(Task.status.in_([s.value for s in ON_WORKER]))
     )

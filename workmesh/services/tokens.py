@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import ApiToken, Worker
+from models.workers import LIVE
 from workmesh.security import (
     ADMIN_BOOTSTRAP,
     Principal,
@@ -61,7 +62,7 @@ async def authenticate(
     api_token = await session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
     if api_token is not None:
         return Principal(Role(api_token.role), api_token.name)
-    worker = await session.scalar(select(Worker).where(Worker.token_hash == digest))
+    worker = await session.scalar(select(Worker).where(Worker.token_hash == digest, LIVE))
     if worker is not None:
         return Principal(Role.WORKER, worker.id)
     return None

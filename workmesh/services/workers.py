@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Task, Worker
 from models.base import utcnow
+from models.workers import LIVE
 from schemas.workers import WorkerCreate, WorkerUpdate, WorkerView
 from workmesh.dispatch.lifecycle import ON_WORKER
 from workmesh.security import hash_token, new_token
@@ -20,30 +21,46 @@ class UnknownWorker(LookupError):
     pass
 
 
+async def live_worker(session: AsyncSession, worker_id: str) -> Worker:
+    """The worker's row, unless there is none or the worker was removed."""
+    worker = await session.get(Worker, worker_id)
+    if worker is None or worker.removed_at is not None:
+        raise UnknownWorker(f"unknown worker {worker_id!r}")
+    return worker
+
+
 async def create_worker(session: AsyncSession, spec: WorkerCreate) -> str:
-    """Register a worker; returns its token, which is shown once and never stored."""
-    if await session.get(Worker, spec.id) is not None:
-        raise WorkerExists(f"worker {spec.id!r} exists already")
+    """Register a worker, or bring a removed one back; returns its token, which is shown once
+    and never stored."""
     token = new_token()
-    session.add(
-        Worker(
-            id=spec.id,
-            tier=spec.tier.value,
-            capacity=spec.capacity,
-            token_hash=hash_token(token),
-            online=False,
-            engaged=False,
-        )
-    )
+    worker = await session.get(Worker, spec.id)
+    if worker is None:
+        worker = Worker(id=spec.id)
+        session.add(worker)
+    elif worker.removed_at is None:
+        raise WorkerExists(f"worker {spec.id!r} exists already")
+    worker.tier = spec.tier.value
+    worker.capacity = spec.capacity
+    worker.token_hash = hash_token(token)
+    worker.online = worker.engaged = False
+    worker.last_heartbeat_at = None
+    worker.removed_at = None
     return token
+
+
+async def remove_worker(session: AsyncSession, worker_id: str) -> None:
+    """Remove a worker. Its token stops working at once; the dispatcher leader, at its next
+    review, puts its unfinished tasks back in the queue and deletes its queue."""
+    worker = await live_worker(session, worker_id)
+    worker.removed_at = utcnow()
+    worker.token_hash = hash_token(new_token())  # void, and never shown
+    worker.webhook_url = worker.webhook_secret = worker.email = None
 
 
 async def replace_worker_token(session: AsyncSession, worker_id: str) -> str:
     """A new token for the worker, shown once; the old one stops working (over HTTP at once,
     over AMQP at the dispatcher leader's next review)."""
-    worker = await session.get(Worker, worker_id)
-    if worker is None:
-        raise UnknownWorker(f"unknown worker {worker_id!r}")
+    worker = await live_worker(session, worker_id)
     token = new_token()
     worker.token_hash = hash_token(token)
     return token
@@ -53,9 +70,7 @@ async def update_worker(session: AsyncSession, worker_id: str, change: WorkerUpd
     """Change a worker's capacity or tier. The dispatcher leader takes it up at its next
     review; a worker whose tier changes starts that tier disengaged (a new reserve waits for
     the scaling policy to bring it in)."""
-    worker = await session.get(Worker, worker_id)
-    if worker is None:
-        raise UnknownWorker(f"unknown worker {worker_id!r}")
+    worker = await live_worker(session, worker_id)
     if change.capacity is not None:
         worker.capacity = change.capacity
     if change.tier is not None and change.tier.value != worker.tier:
@@ -65,7 +80,7 @@ async def update_worker(session: AsyncSession, worker_id: str, change: WorkerUpd
 
 async def record_heartbeat(session: AsyncSession, worker_id: str) -> None:
     result = await session.execute(
-        update(Worker).where(Worker.id == worker_id).values(last_heartbeat_at=utcnow())
+        update(Worker).where(Worker.id == worker_id, LIVE).values(last_heartbeat_at=utcnow())
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise UnknownWorker(f"unknown worker {worker_id!r}")
@@ -81,7 +96,7 @@ async def worker_views(session: AsyncSession, worker_id: str | None = None) -> l
             )
         ).all()
     )
-    query = select(Worker).order_by(Worker.id)
+    query = select(Worker).where(LIVE).order_by(Worker.id)
     if worker_id is not None:
         query = query.where(Worker.id == worker_id)
     workers = (await session.scalars(query)).all()
