@@ -62,6 +62,11 @@ async def test_an_active_worker_made_a_reserve_stands_by(harness: Harness) -> No
             lambda: {e["worker_id"] for e in tap.of("worker.standby")} == {"b"},
             message="b stands by",
         )
+        await eventually(
+            lambda: has_series(harness, 'workmesh_worker_capacity{tier="reserve",worker_id="b"}'),
+            message="b's capacity under its new tier",
+        )
+        assert 'tier="active",worker_id="b"' not in " ".join(await worker_series(harness, "b"))
         ids = await submit(harness, 2)
         for task_id in ids:
             await harness.wait_task(task_id, "assigned to a", worker_id="a")
@@ -131,6 +136,25 @@ async def test_worker_set_from_the_command_line(harness: Harness) -> None:
     assert (view["capacity"], view["tier"]) == (5, "reserve")
 
 
+async def worker_series(harness: Harness, worker_id: str) -> list[str]:
+    """The leader's per-worker metric lines that name ``worker_id``."""
+    _, text = await harness.api("GET", "/metrics", token=None)
+    return [
+        line
+        for line in str(text).splitlines()
+        if line.startswith("workmesh_worker_") and f'worker_id="{worker_id}"' in line
+    ]
+
+
+async def no_series(harness: Harness, worker_id: str) -> bool:
+    return not await worker_series(harness, worker_id)
+
+
+async def has_series(harness: Harness, prefix: str) -> bool:
+    _, text = await harness.api("GET", "/metrics", token=None)
+    return any(line.startswith(prefix) for line in str(text).splitlines())
+
+
 async def queue_exists(amqp_url: str, name: str) -> bool:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
@@ -169,6 +193,7 @@ async def test_a_removed_worker_gives_its_tasks_back_and_may_come_back(harness: 
             message="worker.removed",
         )
         assert not await queue_exists(harness.amqp_url, "workmesh.worker.w")
+        await eventually(lambda: no_series(harness, "w"), message="w's metrics gone")
         # Adding the same id again brings it back, with a new token and a new queue
         status, again = await harness.api("POST", "/api/v1/workers", json={"id": "w"})
         assert status == 201, again

@@ -282,6 +282,10 @@ class PoolReview:
         metrics.queue_depth.labels(queue=INTAKE_QUEUE).set(backlog)
         for status, count in counts.items():
             metrics.tasks.labels(status=status).set(count)
+        # Cleared first, so a removed or re-tiered worker leaves no stale series behind (all on
+        # the loop: a scrape sees the old set or the new one, never a gap).
+        for gauge in (metrics.worker_load, metrics.worker_capacity, metrics.worker_online):
+            gauge.clear()
         for worker in self.state.pool.workers.values():
             metrics.worker_load.labels(worker.worker_id, worker.tier.value).set(worker.load)
             metrics.worker_capacity.labels(worker.worker_id, worker.tier.value).set(worker.capacity)
