@@ -40,6 +40,8 @@ class Task(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     # The worker that last handed the task back; it is passed over once if another has room.
     rejected_by: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    # How many times workers handed it back; at WORKMESH_DISPATCH_MAX_REJECTIONS it is dead.
+    rejections: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     submitted_by: Mapped[str] = mapped_column(String(64))

@@ -69,6 +69,7 @@ class TaskView(BaseModel):
     worker_id: str | None
     attempt: int
     max_attempts: int
+    rejections: int
     idempotency_key: str | None
     result: Any | None
     error: str | None

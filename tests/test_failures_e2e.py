@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.bots import Producer, read_dead_letters
+from tests.bots import EventTap, Producer, read_dead_letters
 from tests.conftest import Harness, eventually
 
 
@@ -74,3 +74,51 @@ async def test_the_same_idempotency_key_makes_one_task(harness: Harness) -> None
     await eventually(lambda: len(bot.received) == 3, message="third task delivered")
     _, listing = await harness.api("GET", "/api/v1/tasks")
     assert len(listing["tasks"]) == 3
+
+
+async def test_a_task_every_worker_rejects_is_dead_at_the_limit(harness: Harness) -> None:
+    # Given two workers that reject everything, and at most three rejections per task
+    await harness.start(max_rejections=3)
+    bots = [await harness.bot(f"picky-{n}", capacity=1, mode="reject") for n in range(2)]
+    await harness.wait_online("picky-0", "picky-1")
+    async with EventTap(harness.amqp_url, ("task.dead",)) as tap:
+        async with Producer(harness.amqp_url, await harness.producer_token()) as producer:
+            task_id = await producer.submit(priority=4)
+        # Then it goes round three times (taking turns between the two), and no more
+        dead = await read_dead_letters(harness.amqp_url, expect=1)
+        await eventually(lambda: len(tap.of("task.dead")) == 1, message="task.dead")
+    received = [r for bot in bots for r in bot.received]
+    assert len(received) == 3
+    assert all(r.attempt == 1 for r in received)  # a rejection is not a failed attempt
+    _, task = await harness.api("GET", f"/api/v1/tasks/{task_id}")
+    assert (task["status"], task["rejections"], task["worker_id"]) == ("dead", 3, None)
+    assert task["error"].startswith(
+        "rejections: 3, the most allowed (WORKMESH_DISPATCH_MAX_REJECTIONS); the last by picky-"
+    )
+    headers, body = dead[0]
+    assert headers["x-workmesh-reason"] == task["error"]
+    assert json.loads(body)["id"] == task_id
+    assert tap.of("task.dead") == [{"task_id": task_id, "error": task["error"]}]
+
+
+async def test_the_last_rejection_over_http_is_dead_lettered_too(harness: Harness) -> None:
+    # A worker that rejects over HTTP, where one rejection is all a task may have
+    await harness.start(max_rejections=1)
+    token = await harness.add_worker("person")
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+    await harness.wait_online("person")
+    status, created = await harness.api("POST", "/api/v1/tasks", json={"kind": "k"})
+    assert status == 201, created
+    await harness.wait_task(created["id"], "assigned", worker_id="person")
+    status, task = await harness.api(
+        "POST",
+        f"/api/v1/worker/tasks/{created['id']}/status",
+        token=token,
+        json={"status": "rejected"},
+    )
+    assert (status, task["status"], task["rejections"]) == (200, "dead", 1), task
+    # The leader hears of it like an AMQP report and publishes the dead letter
+    dead = await read_dead_letters(harness.amqp_url, expect=1)
+    assert dead[0][0]["x-workmesh-reason"] == (
+        "rejections: 1, the most allowed (WORKMESH_DISPATCH_MAX_REJECTIONS); the last by person"
+    )

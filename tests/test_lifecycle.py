@@ -48,6 +48,24 @@ def test_the_last_failure_is_dead() -> None:
     assert transition.leaves_worker
 
 
+def test_the_last_rejection_allowed_is_dead() -> None:
+    # Below the limit a rejection puts the task back; the one that reaches it ends the task
+    back = next_state(TaskStatus.ASSIGNED, Report.REJECTED, 1, 3, rejections=8, max_rejections=10)
+    assert (back.status, back.follow_up) == (TaskStatus.QUEUED, FollowUp.REQUEUE)
+    out = next_state(TaskStatus.ASSIGNED, Report.REJECTED, 2, 3, rejections=9, max_rejections=10)
+    assert (out.status, out.attempt, out.follow_up) == (
+        TaskStatus.DEAD,
+        2,
+        FollowUp.REJECTED_OUT,
+    )
+    assert out.leaves_worker
+
+
+def test_a_death_by_failure_is_no_repeated_rejection() -> None:
+    # Dead after failing on w (which stays its worker), a late rejection from w is refused
+    assert repeated_outcome(TaskStatus.DEAD, Report.REJECTED, "w", "w", "w") is None
+
+
 def test_a_forbidden_report_says_why() -> None:
     with pytest.raises(LifecycleError, match="task is done; a worker cannot report started"):
         next_state(TaskStatus.DONE, Report.STARTED, 1, 3)
@@ -61,6 +79,7 @@ def test_a_forbidden_report_says_why() -> None:
         (TaskStatus.RETRYING, Report.FAILED, "w", None, FollowUp.RETRY),
         (TaskStatus.DEAD, Report.FAILED, "w", None, FollowUp.DEAD_LETTER),
         (TaskStatus.QUEUED, Report.REJECTED, None, "w", FollowUp.REQUEUE),
+        (TaskStatus.DEAD, Report.REJECTED, None, "w", FollowUp.REJECTED_OUT),
     ],
 )
 def test_a_repeated_report_repeats_its_follow_up(

@@ -62,6 +62,9 @@ class DispatchSettings(BaseSettings):
     review_interval: PositiveFloat = 1.0
     # Attempts before a failing task is dead-lettered.
     max_attempts: PositiveInt = 3
+    # Rejections (by any workers, in all) before a task is dead-lettered instead of queued
+    # again: a task nobody will take must not go round for ever.
+    max_rejections: PositiveInt = 20
     # Backoff before attempt 2, 3, ...: each delay becomes a RabbitMQ queue with that TTL.
     retry_delays: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 10.0, 60.0])
     # An engaged reserve worker with no tasks for this long goes back to standby.

@@ -122,7 +122,11 @@ async def apply_status_change(
     with refusals_as_http():
         async with app[SESSIONS]() as session, session.begin():
             task, report = await tasks.change_status(
-                session, task_id, worker_id, change.status, change.result, change.error
+                session,
+                task_id,
+                worker_id,
+                change,
+                max_rejections=app[SETTINGS].dispatch.max_rejections,
             )
     # The dispatcher hears of it the same way as of an AMQP report, and does the follow-up.
     # The change is committed either way; if this publish is lost, the leader's periodic

@@ -35,7 +35,8 @@ class FollowUp(StrEnum):
 
     REQUEUE = "requeue"  # back into intake, same priority
     RETRY = "retry"  # into the delay queue for this attempt, then back into intake
-    DEAD_LETTER = "dead_letter"  # to workmesh.dead with the reason
+    DEAD_LETTER = "dead_letter"  # to workmesh.dead with the reason: attempts exhausted
+    REJECTED_OUT = "rejected_out"  # to workmesh.dead: rejected as often as allowed
 
 
 ON_WORKER = frozenset({TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS})
@@ -67,8 +68,19 @@ class Transition:
         return self.status not in ON_WORKER
 
 
-def next_state(status: TaskStatus, report: Report, attempt: int, max_attempts: int) -> Transition:
-    """Where ``report`` takes a task that is in ``status``; raises LifecycleError if nowhere."""
+def next_state(
+    status: TaskStatus,
+    report: Report,
+    attempt: int,
+    max_attempts: int,
+    rejections: int = 0,
+    max_rejections: int | None = None,
+) -> Transition:
+    """Where ``report`` takes a task that is in ``status``; raises LifecycleError if nowhere.
+
+    ``rejections``: how many times the task was handed back before this report; the one that
+    reaches ``max_rejections`` makes it dead instead of queued again.
+    """
     if status not in ON_WORKER:
         raise LifecycleError(f"task is {status.value}; a worker cannot report {report.value}")
     if report is Report.STARTED:
@@ -78,6 +90,8 @@ def next_state(status: TaskStatus, report: Report, attempt: int, max_attempts: i
     if report is Report.DONE:
         return Transition(TaskStatus.DONE, attempt)
     if report is Report.REJECTED:
+        if max_rejections is not None and rejections + 1 >= max_rejections:
+            return Transition(TaskStatus.DEAD, attempt, FollowUp.REJECTED_OUT)
         return Transition(TaskStatus.QUEUED, attempt, FollowUp.REQUEUE)
     if attempt < max_attempts:
         return Transition(TaskStatus.RETRYING, attempt + 1, FollowUp.RETRY)
@@ -104,6 +118,9 @@ def repeated_outcome(
             return Transition(status, 0, FollowUp.RETRY)
         if status is TaskStatus.DEAD:
             return Transition(status, 0, FollowUp.DEAD_LETTER)
-    if report is Report.REJECTED and status is TaskStatus.QUEUED and rejected_by == reported_by:
-        return Transition(status, 0, FollowUp.REQUEUE)
+    if report is Report.REJECTED and rejected_by == reported_by and worker_id is None:
+        if status is TaskStatus.QUEUED:
+            return Transition(status, 0, FollowUp.REQUEUE)
+        if status is TaskStatus.DEAD:  # this rejection was the last one allowed
+            return Transition(status, 0, FollowUp.REJECTED_OUT)
     return None

@@ -181,7 +181,14 @@ class ReportApplier:
             return "repeated"
         if task.worker_id != worker_id:
             raise Refused(f"task {task.id} is not assigned to worker {worker_id!r}")
-        transition = next_state(status, report, task.attempt, task.max_attempts)
+        transition = next_state(
+            status,
+            report,
+            task.attempt,
+            task.max_attempts,
+            task.rejections,
+            self.state.settings.dispatch.max_rejections,
+        )
         apply_transition(task, transition, report, worker_id, body.get("result"), body.get("error"))
         if transition.follow_up is not None:
             plan.follow_ups.append((task, transition.follow_up))
@@ -197,12 +204,16 @@ class ReportApplier:
             delay = delays[min(task.attempt - 2, len(delays) - 1)]
             await publisher.retry(retry_queue(delay).name, body, task.priority)
         else:
-            reason = f"attempts exhausted ({task.attempt} of {task.max_attempts}): {task.error}"
+            if follow_up is FollowUp.REJECTED_OUT:
+                reason, source = task.error or "rejected as often as allowed", "rejections"
+            else:
+                reason = f"attempts exhausted ({task.attempt} of {task.max_attempts}): {task.error}"
+                source = "attempts"
             await publisher.dead_letter(
                 _json_bytes(body), reason, REPORTS_QUEUE, routing_key="task.dead"
             )
             await publisher.event("task.dead", {"task_id": task.id, "error": task.error})
-            self.state.metrics.dead_letters.labels(source="attempts").inc()
+            self.state.metrics.dead_letters.labels(source=source).inc()
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:

@@ -36,6 +36,7 @@ class TaskState(Protocol):
     attempt: int
     max_attempts: int
     rejected_by: str | None
+    rejections: int
     result: Any
     error: str | None
     assigned_at: datetime | None
@@ -206,3 +207,10 @@ def apply_transition(
     elif report is Report.REJECTED:
         task.rejected_by = worker_id
         task.worker_id = None
+        task.rejections = (task.rejections or 0) + 1
+        if transition.status is TaskStatus.DEAD:
+            task.error = (
+                f"rejections: {task.rejections}, the most allowed "
+                f"(WORKMESH_DISPATCH_MAX_REJECTIONS); the last by {worker_id}"
+            )
+            task.finished_at = now

@@ -46,6 +46,7 @@ class TaskRow:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     leased_until: datetime | None = None
+    rejections: int = 0
 
 
 # What the hot path reads: everything but the (possibly large) result.
@@ -56,6 +57,7 @@ _WRITTEN = (
     "worker_id",
     "attempt",
     "rejected_by",
+    "rejections",
     "result",
     "error",
     "assigned_at",

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from models import Task, Worker
 from models.base import utcnow
 from models.workers import LIVE
-from schemas.tasks import TaskSubmit
+from schemas.tasks import StatusChange, TaskSubmit
 from workmesh.dispatch.lifecycle import (
     CANCELLABLE,
     ON_WORKER,
@@ -121,11 +121,11 @@ async def change_status(
     session: AsyncSession,
     task_id: str,
     worker_id: str,
-    status: str,
-    result: object,
-    error: str | None,
+    change: StatusChange,
+    max_rejections: int | None = None,
 ) -> tuple[Task, Report]:
     """A worker changes the status of its own task (the HTTP twin of an AMQP report)."""
+    status, result, error = change.status, change.result, change.error
     report = REPORT_FOR_STATUS.get(status)
     if report is None:
         allowed = ", ".join(REPORT_FOR_STATUS)
@@ -136,7 +136,9 @@ async def change_status(
         return task, report
     if task.worker_id != worker_id:
         raise NotYours(f"task {task_id} is not assigned to worker {worker_id!r}")
-    transition = next_state(current, report, task.attempt, task.max_attempts)
+    transition = next_state(
+        current, report, task.attempt, task.max_attempts, task.rejections, max_rejections
+    )
     apply_transition(task, transition, report, worker_id, result, error)
     return task, report
 
