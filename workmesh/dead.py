@@ -23,6 +23,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from rabbitmq.topology import DEAD_QUEUE, REASON_HEADER
 
 SOURCE_HEADER = "x-workmesh-source"
+# Dead letters written (and synced) per acknowledgement when moving them to a file.
+MOVE_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,6 @@ async def move_to(
             moved += len(batch)
             progress(len(batch), max(expected, moved))
     return moved
-
-
-# Dead letters written (and synced) per acknowledgement when moving them to a file.
-MOVE_BATCH = 200
 
 
 def _sync(out: IO[str]) -> None:
