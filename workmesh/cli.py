@@ -8,14 +8,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import IO, Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from workmesh.capabilities import capability_names
 from workmesh.settings import Settings
+
+T = TypeVar("T")
 
 DESCRIPTION = """\
 workmesh: a worker mesh on RabbitMQ. Tasks go into a priority queue; the dispatcher hands each
@@ -238,14 +240,7 @@ def _worker_add(settings: Settings, args: argparse.Namespace) -> int:
             f"bad worker: {error.errors()[0]['loc'][0]}: {error.errors()[0]['msg']}"
         ) from None
 
-    async def add() -> str:
-        async with _session(settings) as session, session.begin():
-            try:
-                return await create_worker(session, spec)
-            except WorkerExists as error:
-                raise CliError(str(error)) from None
-
-    token = asyncio.run(add())
+    token = _change(settings, lambda session: create_worker(session, spec), WorkerExists)
     try:
         asyncio.run(_declare_worker_queue(settings, spec.id))
     except Exception as error:  # the dispatcher declares it at its next review anyway
@@ -304,14 +299,8 @@ def _worker_list(settings: Settings, args: argparse.Namespace) -> int:
 def _worker_token(settings: Settings, args: argparse.Namespace) -> int:
     from workmesh.services.workers import UnknownWorker, replace_worker_token
 
-    async def rotate() -> str:
-        async with _session(settings) as session, session.begin():
-            try:
-                return await replace_worker_token(session, args.id)
-            except UnknownWorker as error:
-                raise CliError(str(error)) from None
-
-    print(json.dumps({"id": args.id, "token": asyncio.run(rotate())}))
+    token = _change(settings, lambda session: replace_worker_token(session, args.id), UnknownWorker)
+    print(json.dumps({"id": args.id, "token": token}))
     print("keep the token: it is shown only now; the old one no longer works", file=sys.stderr)
     return 0
 
@@ -325,31 +314,20 @@ def _worker_set(settings: Settings, args: argparse.Namespace) -> int:
     except ValidationError:
         raise CliError("nothing to change: give --capacity, --tier or both") from None
 
-    async def apply() -> Any:
-        async with _session(settings) as session:
-            async with session.begin():
-                try:
-                    await update_worker(session, args.id, change)
-                except UnknownWorker as error:
-                    raise CliError(str(error)) from None
-            (view,) = await worker_views(session, args.id)
-            return view
+    async def apply(session: Any) -> Any:
+        await update_worker(session, args.id, change)
+        await session.flush()
+        (view,) = await worker_views(session, args.id)
+        return view
 
-    print(asyncio.run(apply()).model_dump_json())
+    print(_change(settings, apply, UnknownWorker).model_dump_json())
     return 0
 
 
 def _worker_remove(settings: Settings, args: argparse.Namespace) -> int:
     from workmesh.services.workers import UnknownWorker, remove_worker
 
-    async def apply() -> None:
-        async with _session(settings) as session, session.begin():
-            try:
-                await remove_worker(session, args.id)
-            except UnknownWorker as error:
-                raise CliError(str(error)) from None
-
-    asyncio.run(apply())
+    _change(settings, lambda session: remove_worker(session, args.id), UnknownWorker)
     print(f"removed worker {args.id}; its unfinished tasks go back to the queue", file=sys.stderr)
     return 0
 
@@ -374,14 +352,7 @@ def _token_list(settings: Settings, args: argparse.Namespace) -> int:
 def _token_revoke(settings: Settings, args: argparse.Namespace) -> int:
     from workmesh.services.tokens import UnknownToken, revoke_api_token
 
-    async def revoke() -> None:
-        async with _session(settings) as session, session.begin():
-            try:
-                await revoke_api_token(session, args.name)
-            except UnknownToken as error:
-                raise CliError(str(error)) from None
-
-    asyncio.run(revoke())
+    _change(settings, lambda session: revoke_api_token(session, args.name), UnknownToken)
     print(f"revoked {args.name!r}", file=sys.stderr)
     return 0
 
@@ -390,14 +361,12 @@ def _token_add(settings: Settings, args: argparse.Namespace) -> int:
     from workmesh.security import Role
     from workmesh.services.tokens import TokenNameTaken, create_api_token
 
-    async def add() -> str:
-        async with _session(settings) as session, session.begin():
-            try:
-                return await create_api_token(session, args.name, Role(args.role))
-            except TokenNameTaken as error:
-                raise CliError(str(error)) from None
-
-    print(asyncio.run(add()))
+    token = _change(
+        settings,
+        lambda session: create_api_token(session, args.name, Role(args.role)),
+        TokenNameTaken,
+    )
+    print(token)
     print("keep the token: it is shown only now", file=sys.stderr)
     return 0
 
@@ -516,6 +485,22 @@ def _numbered(stream: IO[str]) -> Iterator[tuple[int, str]]:
     for number, line in enumerate(stream, start=1):
         if line.strip():
             yield number, line
+
+
+def _change(
+    settings: Settings, change: Callable[[Any], Awaitable[T]], *refusals: type[Exception]
+) -> T:
+    """Run ``change`` in one transaction; a refusal (an unknown name, one taken already) is
+    the command's error message."""
+
+    async def run() -> T:
+        async with _session(settings) as session, session.begin():
+            try:
+                return await change(session)
+            except refusals as error:
+                raise CliError(str(error)) from None
+
+    return asyncio.run(run())
 
 
 def _session(settings: Settings) -> Any:
