@@ -307,20 +307,15 @@ def _worker_token(settings: Settings, args: argparse.Namespace) -> int:
 
 def _worker_set(settings: Settings, args: argparse.Namespace) -> int:
     from schemas.workers import WorkerUpdate
-    from workmesh.services.workers import UnknownWorker, update_worker, worker_views
+    from workmesh.services.workers import UnknownWorker, update_worker
 
     try:
         change = WorkerUpdate(capacity=args.capacity, tier=args.tier)
     except ValidationError:
         raise CliError("nothing to change: give --capacity, --tier or both") from None
 
-    async def apply(session: Any) -> Any:
-        await update_worker(session, args.id, change)
-        await session.flush()
-        (view,) = await worker_views(session, args.id)
-        return view
-
-    print(_change(settings, apply, UnknownWorker).model_dump_json())
+    view = _change(settings, lambda session: update_worker(session, args.id, change), UnknownWorker)
+    print(view.model_dump_json())
     return 0
 
 

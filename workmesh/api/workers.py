@@ -76,9 +76,9 @@ async def replace_token(request: web.Request) -> web.Response:
 async def change_worker(request: web.Request) -> web.Response:
     principal(request, Role.ADMIN)
     update = await read_body(request, WorkerUpdate)
-    await _change_worker(request, lambda session, id_: workers.update_worker(session, id_, update))
-    async with request.app[SESSIONS]() as session:
-        (view,) = await workers.worker_views(session, request.match_info["worker_id"])
+    view = await _change_worker(
+        request, lambda session, id_: workers.update_worker(session, id_, update)
+    )
     return json_response(view)
 
 

@@ -66,16 +66,19 @@ async def replace_worker_token(session: AsyncSession, worker_id: str) -> str:
     return token
 
 
-async def update_worker(session: AsyncSession, worker_id: str, change: WorkerUpdate) -> None:
-    """Change a worker's capacity or tier. The dispatcher leader takes it up at its next
-    review; a worker whose tier changes starts that tier disengaged (a new reserve waits for
-    the scaling policy to bring it in)."""
+async def update_worker(session: AsyncSession, worker_id: str, change: WorkerUpdate) -> WorkerView:
+    """Change a worker's capacity or tier; returns the worker as changed. The dispatcher
+    leader takes it up at its next review; a worker whose tier changes starts that tier
+    disengaged (a new reserve waits for the scaling policy to bring it in)."""
     worker = await live_worker(session, worker_id)
     if change.capacity is not None:
         worker.capacity = change.capacity
     if change.tier is not None and change.tier.value != worker.tier:
         worker.tier = change.tier.value
         worker.engaged = False
+    await session.flush()
+    (view,) = await worker_views(session, worker_id)
+    return view
 
 
 async def record_heartbeat(session: AsyncSession, worker_id: str) -> None:
