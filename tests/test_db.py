@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
+import pytest
+from pydantic import ValidationError
 from sqlalchemy import QueuePool, text
 
 from workmesh.db import create_engine
-from workmesh.settings import DatabaseSettings
+from workmesh.settings import DatabaseSettings, SqliteSynchronous
 
 
 async def test_every_connection_gets_the_settings_the_code_relies_on(database_url: str) -> None:
@@ -17,9 +20,10 @@ async def test_every_connection_gets_the_settings_the_code_relies_on(database_ur
             if engine.dialect.name == "sqlite":
                 shown = [
                     (await connection.execute(text(f"PRAGMA {name}"))).scalar_one()
-                    for name in ("journal_mode", "foreign_keys", "busy_timeout")
+                    for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
                 ]
-                assert shown == ["wal", 1, 10000]
+                # synchronous 2 = FULL: a commit survives a power loss (see the next test).
+                assert shown == ["wal", 1, 10000, 2]
                 return
             shown = [
                 (await connection.execute(text(f"SHOW {name}"))).scalar_one()
@@ -35,6 +39,22 @@ async def test_every_connection_gets_the_settings_the_code_relies_on(database_ur
             assert shown == ["force_custom_plan", "15s", "1min"]
     finally:
         await engine.dispose()
+
+
+async def test_sqlite_commits_are_durable_unless_asked_otherwise(tmp_path: Path) -> None:
+    # The leader acknowledges an intake message once its commit returns: with NORMAL the last
+    # commits could vanish in a power loss while RabbitMQ had already dropped the message.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    for chosen, code in ((SqliteSynchronous.FULL, 2), (SqliteSynchronous.NORMAL, 1)):
+        engine = create_engine(DatabaseSettings(url=url, sqlite_synchronous=chosen))
+        try:
+            async with engine.connect() as connection:
+                shown = (await connection.execute(text("PRAGMA synchronous"))).scalar_one()
+                assert shown == code, chosen
+        finally:
+            await engine.dispose()
+    with pytest.raises(ValidationError, match="sqlite_synchronous"):
+        DatabaseSettings(url=url, sqlite_synchronous="off")
 
 
 async def test_the_pool_keeps_the_connections_a_busy_role_uses(database_url: str) -> None:

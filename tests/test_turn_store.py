@@ -21,7 +21,7 @@ from workmesh.db import create_engine, migrate, session_factory
 from workmesh.engine import store as store_module
 from workmesh.engine.store import SessionStore, SqliteLoopStore, TurnStore, turn_store
 from workmesh.services.task_rows import TaskRow
-from workmesh.settings import DatabaseSettings
+from workmesh.settings import DatabaseSettings, SqliteSynchronous
 
 
 def new_task(key: str | None = None) -> TaskRow:
@@ -183,6 +183,20 @@ async def _write_turns(store: SqliteLoopStore, turns: int) -> list[TaskRow]:
     if store._checkpointing is not None:
         await asyncio.wait([store._checkpointing])
     return written
+
+
+async def test_on_sqlite_the_turns_commits_are_as_durable_as_configured(tmp_path: Path) -> None:
+    # The leader's own connection, not only the engine's: its commits are what the intake
+    # acknowledgements wait for.
+    path = tmp_path / "w.db"
+    await asyncio.to_thread(migrate, f"sqlite+aiosqlite:///{path}")
+    for chosen, code in ((SqliteSynchronous.FULL, 2), (SqliteSynchronous.NORMAL, 1)):
+        made = SqliteLoopStore(f"sqlite:///{path}", chosen)
+        try:
+            [(shown,)] = made.driver.connection.execute("PRAGMA synchronous")
+            assert shown == code, chosen
+        finally:
+            await made.close()
 
 
 async def test_on_sqlite_turns_leave_the_checkpoint_to_a_thread(

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 import migrations
-from workmesh.settings import DatabaseSettings
+from workmesh.settings import DatabaseSettings, SqliteSynchronous
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
@@ -44,7 +44,12 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         settings.url, echo=settings.echo, pool_pre_ping=False, connect_args=connect_args, **pool
     )
     if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
+        synchronous = settings.sqlite_synchronous
+
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            sqlite_pragmas(dbapi_connection, synchronous)
+
+        event.listen(engine.sync_engine, "connect", on_connect)
     return engine
 
 
@@ -55,14 +60,15 @@ def _in_memory(url: str) -> bool:
     )
 
 
-def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, synchronous: SqliteSynchronous) -> None:
     # WAL lets the api and dispatcher processes read while the other writes; busy_timeout
-    # makes a writer wait for the lock instead of failing at once.
+    # makes a writer wait for the lock instead of failing at once; synchronous: what a
+    # commit survives (DatabaseSettings.sqlite_synchronous).
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA synchronous={SqliteSynchronous(synchronous).value.upper()}")
     cursor.close()
 
 

@@ -26,11 +26,22 @@ class AmqpSettings(BaseSettings):
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
 
 
+class SqliteSynchronous(StrEnum):
+    FULL = "full"
+    NORMAL = "normal"
+
+
 class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WORKMESH_DATABASE_")
 
     # The embedded default; the same code serves postgresql+asyncpg://... URLs.
     url: str = "sqlite+aiosqlite:///./workmesh.db"
+    # SQLite only: "full" syncs the write-ahead log at every commit, so a commit the mesh acts
+    # on (an intake message acknowledged, an assignment published) survives a power loss or
+    # an OS crash. "normal" syncs only at checkpoints: faster, and safe from a crash of the
+    # process, but the last commits (up to ~100 turns) may be gone after a power loss while
+    # RabbitMQ has already forgotten their messages. PostgreSQL always commits durably here.
+    sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
     echo: bool = False
     # Connections each process keeps open, and how many more it may open for a burst (closed
     # again after it). Kept above what a role uses at once in steady work: the order API

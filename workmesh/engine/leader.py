@@ -102,7 +102,11 @@ class Dispatcher:
             pool=WorkerPool(
                 self.settings.dispatch.heartbeat_timeout, self.settings.dispatch.reserve_idle
             ),
-            store=turn_store(self.settings.database.url, self.sessions),
+            store=turn_store(
+                self.settings.database.url,
+                self.sessions,
+                self.settings.database.sqlite_synchronous,
+            ),
         )
         try:
             await self._lead(connection, state)

@@ -36,6 +36,7 @@ from sqlalchemy.pool import NullPool
 from workmesh.db import sqlite_pragmas
 from workmesh.services import task_rows
 from workmesh.services.task_rows import TaskRow
+from workmesh.settings import SqliteSynchronous
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,15 @@ class TurnStore(Protocol):
     async def close(self) -> None: ...
 
 
-def turn_store(url: str, sessions: async_sessionmaker[AsyncSession]) -> TurnStore:
+def turn_store(
+    url: str,
+    sessions: async_sessionmaker[AsyncSession],
+    synchronous: SqliteSynchronous = SqliteSynchronous.FULL,
+) -> TurnStore:
     parsed = make_url(url)
     in_memory = parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed)
     if parsed.get_backend_name() == "sqlite" and not in_memory:
-        return SqliteLoopStore(str(parsed.set(drivername="sqlite")))
+        return SqliteLoopStore(str(parsed.set(drivername="sqlite")), synchronous)
     return SessionStore(sessions)
 
 
@@ -95,9 +100,13 @@ class SqliteLoopStore:
     and COMMIT through its execution path — cost about as much as SQLite's own work.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, synchronous: SqliteSynchronous = SqliteSynchronous.FULL) -> None:
         self.engine = sqlalchemy.create_engine(url, poolclass=NullPool)
-        event.listen(self.engine, "connect", _never_wait)
+
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            _never_wait(dbapi_connection, synchronous)
+
+        event.listen(self.engine, "connect", on_connect)
         self._driver: DriverConnection | None = None
         self._writes = 0  # since the last checkpoint began
         self._checkpointing: asyncio.Future[None] | None = None
@@ -241,8 +250,8 @@ CHECKPOINT_LOG_LIMIT = 4000  # frames (pages) in the log: 16 MB
 CHECKPOINT_RESTART_WAIT = 1.0
 
 
-def _never_wait(dbapi_connection: Any, record: Any) -> None:
-    sqlite_pragmas(dbapi_connection, record)
+def _never_wait(dbapi_connection: Any, synchronous: SqliteSynchronous) -> None:
+    sqlite_pragmas(dbapi_connection, synchronous)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=0")
     cursor.execute("PRAGMA wal_autocheckpoint=0")  # SqliteLoopStore._checkpoint does it
