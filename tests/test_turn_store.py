@@ -5,6 +5,7 @@ locked database makes a turn wait without stopping the event loop."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from models.base import utcnow
 from workmesh.db import create_engine, migrate, session_factory
+from workmesh.engine import log_sync
 from workmesh.engine import store as store_module
 from workmesh.engine.store import SessionStore, SqliteLoopStore, TurnStore, turn_store
 from workmesh.services.task_rows import TaskRow
@@ -185,18 +187,57 @@ async def _write_turns(store: SqliteLoopStore, turns: int) -> list[TaskRow]:
     return written
 
 
-async def test_on_sqlite_the_turns_commits_are_as_durable_as_configured(tmp_path: Path) -> None:
+async def test_on_sqlite_the_turns_commits_are_as_durable_as_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The leader's own connection, not only the engine's: its commits are what the intake
-    # acknowledgements wait for.
+    # acknowledgements wait for. Under FULL it commits as NORMAL does and a thread syncs the
+    # log before durable() returns (workmesh/engine/log_sync.py); under NORMAL nothing syncs.
     path = tmp_path / "w.db"
     await asyncio.to_thread(migrate, f"sqlite+aiosqlite:///{path}")
-    for chosen, code in ((SqliteSynchronous.FULL, 2), (SqliteSynchronous.NORMAL, 1)):
+    synced: list[int] = []
+    real_sync = log_sync._sync_file
+
+    def sync(file: int) -> None:
+        synced.append(os.fstat(file).st_ino)
+        real_sync(file)
+
+    monkeypatch.setattr(log_sync, "_sync_file", sync)
+    for chosen, syncs in ((SqliteSynchronous.FULL, 1), (SqliteSynchronous.NORMAL, 0)):
+        synced.clear()
         made = SqliteLoopStore(f"sqlite:///{path}", chosen)
         try:
             [(shown,)] = made.driver.connection.execute("PRAGMA synchronous")
-            assert shown == code, chosen
+            assert shown == 1, chosen  # NORMAL: no sync inside the commit, on the loop
+            await made.write([new_task()], [], utcnow())
+            assert synced == [], chosen  # not before a turn asks
+            await made.durable()
+            assert synced == [os.stat(f"{path}-wal").st_ino] * syncs, chosen
         finally:
             await made.close()
+
+
+async def test_on_sqlite_outside_wal_mode_full_stays_in_the_commit(tmp_path: Path) -> None:
+    # A file system where SQLite cannot use its log: the commit's own syncs cover the journal.
+    path = tmp_path / "w.db"
+    await asyncio.to_thread(migrate, f"sqlite+aiosqlite:///{path}")
+    made = SqliteLoopStore(f"sqlite:///{path}", SqliteSynchronous.FULL)
+    real_connect = store_module.SqliteLoopStore._sync_off_the_loop
+
+    def rollback_journal(self: SqliteLoopStore, connection: sqlite3.Connection) -> object:
+        connection.execute("PRAGMA journal_mode=DELETE")
+        return real_connect(self, connection)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(SqliteLoopStore, "_sync_off_the_loop", rollback_journal)
+            [(shown,)] = made.driver.connection.execute("PRAGMA synchronous")
+        assert shown == 2
+        assert made.log_sync is None
+        await made.write([new_task()], [], utcnow())
+        await made.durable()
+    finally:
+        await made.close()
 
 
 async def test_on_sqlite_turns_leave_the_checkpoint_to_a_thread(

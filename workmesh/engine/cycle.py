@@ -3,7 +3,7 @@
 Each turn takes every report that has arrived, works out how much room they free, pulls that
 many tasks off the intake queue (one basic.get each, so the rest wait in RabbitMQ in priority
 order), reads every task they name at once, plans, and writes all the changes in one
-transaction (workmesh/engine/store.py). Only after the commit are the assignments and
+transaction (workmesh/engine/store.py). Only once the commit is on disk are the assignments and
 follow-ups published (with confirms) and the messages acknowledged. Under load a turn gathers
 more, so the cost of a commit and of a round of confirms is shared by more tasks; when idle it
 waits for a report, for room, or for the doorbell (a consumer on the intake queue that stays on
@@ -148,7 +148,8 @@ class LeaderCycle:
         previous: asyncio.Task[None] | None,
         started: float,
     ) -> None:
-        """After the commit: publish, then settle, in the order the turns were taken."""
+        """Once the commit is on disk: publish, then settle, in the order the turns were taken."""
+        await self.state.store.durable()
         publishing = time.perf_counter()
         await asyncio.gather(self.reports.publish(report_plan), self.intake.publish(intake_plan))
         if intake_plan.assigned or report_plan.follow_ups:

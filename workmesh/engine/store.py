@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
 
 from workmesh.db import sqlite_pragmas
+from workmesh.engine.log_sync import LogSync
 from workmesh.services import task_rows
 from workmesh.services.task_rows import TaskRow
 from workmesh.settings import SqliteSynchronous
@@ -49,6 +50,10 @@ class TurnStore(Protocol):
     async def write(
         self, inserts: Sequence[TaskRow], updates: Sequence[TaskRow], now: datetime
     ) -> None: ...
+
+    async def durable(self) -> None:
+        """Return once every write so far is on disk (a turn publishes only then)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -86,6 +91,9 @@ class SessionStore:
                 lambda sync: task_rows.write_rows(sync.connection(), inserts, updates, now)
             )
 
+    async def durable(self) -> None:
+        return None  # the commit was: PostgreSQL syncs its log before it answers COMMIT
+
     async def close(self) -> None:
         return None
 
@@ -98,10 +106,15 @@ class SqliteLoopStore:
     driver's connection itself. A turn is two calls of a fraction of a millisecond, and
     SQLAlchemy's Connection around them — a pool checkout, a transaction object, the BEGIN
     and COMMIT through its execution path — cost about as much as SQLite's own work.
+
+    With ``synchronous=FULL`` configured, the commits on the loop do not sync; ``durable()``
+    has a thread sync the log for them (workmesh/engine/log_sync.py).
     """
 
     def __init__(self, url: str, synchronous: SqliteSynchronous = SqliteSynchronous.FULL) -> None:
         self.engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+        self.synchronous = SqliteSynchronous(synchronous)
+        self.log_sync: LogSync | None = None  # set with the driver connection, under FULL
 
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
             _never_wait(dbapi_connection, synchronous)
@@ -121,7 +134,24 @@ class SqliteLoopStore:
                 raise _as_sqlalchemy("connect", (), error) from error
             assert isinstance(raw.driver_connection, sqlite3.Connection)
             self._driver = DriverConnection(raw.driver_connection, self.engine.dialect, raw)
+            self.log_sync = self._sync_off_the_loop(raw.driver_connection)
         return self._driver
+
+    def _sync_off_the_loop(self, connection: sqlite3.Connection) -> LogSync | None:
+        """Under FULL in WAL mode, commit without the sync and leave it to a LogSync.
+
+        Outside WAL mode (a file system SQLite cannot share memory on) FULL stays as it is:
+        there a commit's syncs cover the rollback journal and the database file, not one log.
+        """
+        if self.synchronous is not SqliteSynchronous.FULL:
+            return None
+        [(mode,)] = connection.execute("PRAGMA journal_mode").fetchall()
+        if str(mode).lower() != "wal":
+            return None
+        databases = connection.execute("PRAGMA database_list").fetchall()
+        path = next(file for _, name, file in databases if name == "main")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return LogSync(f"{path}-wal")
 
     async def read(self, ids: set[str], keys: set[str]) -> list[TaskRow]:
         # One SELECT outside a transaction is a consistent snapshot of its own.
@@ -137,6 +167,8 @@ class SqliteLoopStore:
         if self._log_full and self._checkpointing is not None:
             await asyncio.wait([self._checkpointing])
         await self._when_free(write)
+        if self.log_sync is not None:
+            self.log_sync.committed()
         self._writes += 1
         if self._writes >= CHECKPOINT_WRITES and self._checkpointing is None:
             self._writes = 0
@@ -188,9 +220,16 @@ class SqliteLoopStore:
             await asyncio.sleep(pause)
             pause = min(pause * 2, BUSY_LONGEST_PAUSE)
 
+    async def durable(self) -> None:
+        if self.log_sync is not None:
+            await self.log_sync.durable()
+
     async def close(self) -> None:
         if self._checkpointing is not None:
             await asyncio.wait([self._checkpointing])
+        if self.log_sync is not None:
+            await self.log_sync.close()
+            self.log_sync = None
         if self._driver is not None:
             self._driver.close()
             self._driver = None
