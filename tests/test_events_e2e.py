@@ -48,6 +48,12 @@ async def test_threshold_policy_engages_reserves_and_announces_it(harness: Harne
             assert "worker.online" in about[:first_task], about
             if worker_id != "a":
                 assert "worker.activated" in about[:first_task], about
+        # (pool.scale goes out at the end of the review that engaged the reserve, so it may
+        # come after the reserve's task.)
+        await eventually(
+            lambda: any(e["desired_reserve"] == 2 for e in tap.of("pool.scale")),
+            message="pool.scale 2",
+        )
         wanted = [e["desired_reserve"] for e in tap.of("pool.scale")]
         assert wanted.index(1) < wanted.index(2), wanted  # one reserve, then both
         assert all(e["policy"] == "threshold" for e in tap.of("pool.scale"))

@@ -58,6 +58,12 @@ class Metrics:
         self.assignments = Counter(
             "workmesh_assignments_total", "Tasks assigned to workers.", ["tier"], registry=r
         )
+        self.unannounced = Counter(
+            "workmesh_unannounced_changes_total",
+            "Task changes the API committed but did not announce; the leader followed them up.",
+            ["event"],
+            registry=r,
+        )
         self.reports = Counter(
             "workmesh_reports_total",
             "Worker reports by kind and outcome.",

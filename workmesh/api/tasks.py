@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
-from models import Task
+from models import Task, TaskAnnouncement
 from schemas.tasks import StatusChange, TaskSubmit, TaskView
 from workmesh.api.bus import BUS
 from workmesh.api.common import (
@@ -22,9 +22,9 @@ from workmesh.api.common import (
     principal,
     read_body,
 )
-from workmesh.dispatch.lifecycle import LifecycleError, TaskStatus
+from workmesh.dispatch.lifecycle import ON_WORKER, LifecycleError, TaskStatus
 from workmesh.security import Role
-from workmesh.services import tasks
+from workmesh.services import announcements, tasks
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -51,8 +51,13 @@ async def submit_task(request: web.Request) -> web.Response:
     try:
         await request.app[BUS].submit(outcome.task, request[TOKEN])
     except Exception:
-        # Stored but not yet published: the dispatcher's orphan sweep publishes it later.
-        log.exception("task %s stored but not published", outcome.task.id)
+        # Stored but not yet published: with a note, the leader publishes it within seconds;
+        # without (the database failed too), its orphan sweep does once the queues are empty.
+        log.exception("task %s stored but not published; the leader will", outcome.task.id)
+        try:
+            await announcements.unpublished(request.app[SESSIONS], outcome.task.id)
+        except Exception:
+            log.exception("task %s: no note either; the orphan sweep will find it", outcome.task.id)
         return json_response(view(outcome.task), status=202)
     return json_response(view(outcome.task), status=201)
 
@@ -92,16 +97,14 @@ async def list_tasks(request: web.Request) -> web.Response:
 async def cancel_task(request: web.Request) -> web.Response:
     principal(request, *SUBMITTERS)
     # Around the whole block: the version check (a race lost) runs at commit.
+    note = None
     with refusals_as_http():
         async with request.app[SESSIONS]() as session, session.begin():
             task, on_worker = await tasks.cancel(session, request.match_info["task_id"])
-    if on_worker is not None:
-        # Committed already; if this publish fails the leader's reconciliation frees the
-        # worker's slot and the worker finds out when its report is refused.
-        try:
-            await request.app[BUS].cancelled(task.id, on_worker)
-        except Exception:
-            log.exception("task %s cancelled but not announced", task.id)
+            if on_worker is not None:
+                note = announcements.record(session, task.id, on_worker, announcements.CANCELLED)
+    if note is not None and on_worker is not None:  # it was on a worker, who must be told
+        await announce(request.app, task.id, note, request.app[BUS].cancelled(task.id, on_worker))
     return json_response(view(task))
 
 
@@ -119,6 +122,7 @@ async def apply_status_change(
     app: web.Application, task_id: str, worker_id: str, token: str, change: StatusChange
 ) -> Task:
     """A worker's status change over HTTP or WebSocket; refusals raise ApiError."""
+    note = None
     with refusals_as_http():
         async with app[SESSIONS]() as session, session.begin():
             task, report = await tasks.change_status(
@@ -128,14 +132,37 @@ async def apply_status_change(
                 change,
                 max_rejections=app[SETTINGS].dispatch.max_rejections,
             )
+            if TaskStatus(task.status) not in ON_WORKER:
+                # It left the worker: the leader must free the slot and do the follow-up.
+                note = announcements.record(session, task.id, worker_id, report.value)
     # The dispatcher hears of it the same way as of an AMQP report, and does the follow-up.
-    # The change is committed either way; if this publish is lost, the leader's periodic
-    # reconciliation frees the worker's slot (a retry or requeue then waits for the sweep).
-    try:
-        await app[BUS].report(task, report, worker_id, token, change)
-    except Exception:
-        log.exception("status of task %s changed but not announced", task.id)
+    await announce(app, task.id, note, app[BUS].report(task, report, worker_id, token, change))
     return task
+
+
+async def announce(
+    app: web.Application,
+    task_id: str,
+    note: TaskAnnouncement | None,
+    publishing: Awaitable[None],
+) -> None:
+    """Publish what the leader must hear of a committed change, then cross it off the outbox.
+
+    The change stands either way. If the publish fails (or this process dies first) the note
+    stays, and once its grace is over the leader does the follow-up itself; if only the
+    crossing off fails, the follow-up is done twice, which a requeue or retry shrugs off.
+    """
+    try:
+        await publishing
+    except Exception:
+        then = "the leader will follow it up" if note else "it needs no follow-up"
+        log.exception("task %s changed but the change is not announced; %s", task_id, then)
+        return
+    if note is not None:
+        try:
+            await announcements.announced(app[SESSIONS], note)
+        except Exception:
+            log.exception("task %s announced, but its outbox note stays", note.task_id)
 
 
 async def _get(session: AsyncSession, task_id: str, worker_id: str | None) -> Task:

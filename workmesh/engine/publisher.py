@@ -69,6 +69,14 @@ class MeshPublisher:
             routing_key=worker_queue_name(worker_id),
         )
 
+    def cancel_notice(self, worker_id: str, task_id: str) -> Awaitable[Any]:
+        """The notice that a task on this worker was cancelled (docs/contract.md, 4.4)."""
+        return self.channel.default_exchange.publish(
+            json_message({"task_id": task_id}, priority=9, type_="cancel"),
+            routing_key=worker_queue_name(worker_id),
+            mandatory=False,  # a removed worker's queue is gone, and so is whom to tell
+        )
+
     async def intake(self, body: dict[str, Any], priority: int) -> None:
         exchange = await self._exchange(TASKS_EXCHANGE)
         await exchange.publish(

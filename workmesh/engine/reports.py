@@ -33,7 +33,7 @@ from workmesh.engine.publisher import gather_confirms
 from workmesh.engine.state import LeaderState
 from workmesh.security import header_holds
 from workmesh.services import assignments
-from workmesh.services.assignments import apply_transition
+from workmesh.services.assignments import TaskState, apply_transition
 from workmesh.services.task_rows import TaskRow
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class ReportApplier:
     async def publish(self, plan: ReportPlan) -> None:
         state = self.state
         await gather_confirms(
-            self._follow_up(task, follow_up) for task, follow_up in plan.follow_ups
+            publish_follow_up(state, task, follow_up) for task, follow_up in plan.follow_ups
         )
         for message, reason in plan.dead:
             await state.publisher.dead_letter_message(message, reason, REPORTS_QUEUE)
@@ -194,26 +194,28 @@ class ReportApplier:
             plan.follow_ups.append((task, transition.follow_up))
         return "applied"
 
-    async def _follow_up(self, task: TaskRow, follow_up: FollowUp) -> None:
-        publisher = self.state.publisher
-        body = assignments.intake_body(task)
-        if follow_up is FollowUp.REQUEUE:
-            await publisher.intake(body, task.priority)
-        elif follow_up is FollowUp.RETRY:
-            delays = self.state.settings.dispatch.retry_delays
-            delay = delays[min(task.attempt - 2, len(delays) - 1)]
-            await publisher.retry(retry_queue(delay).name, body, task.priority)
+
+async def publish_follow_up(state: LeaderState, task: TaskState, follow_up: FollowUp) -> None:
+    """What a report that took ``task`` off its worker leaves to publish, once committed."""
+    publisher = state.publisher
+    body = assignments.intake_body(task)
+    if follow_up is FollowUp.REQUEUE:
+        await publisher.intake(body, task.priority)
+    elif follow_up is FollowUp.RETRY:
+        delays = state.settings.dispatch.retry_delays
+        delay = delays[min(task.attempt - 2, len(delays) - 1)]
+        await publisher.retry(retry_queue(delay).name, body, task.priority)
+    else:
+        if follow_up is FollowUp.REJECTED_OUT:
+            reason, source = task.error or "rejected as often as allowed", "rejections"
         else:
-            if follow_up is FollowUp.REJECTED_OUT:
-                reason, source = task.error or "rejected as often as allowed", "rejections"
-            else:
-                reason = f"attempts exhausted ({task.attempt} of {task.max_attempts}): {task.error}"
-                source = "attempts"
-            await publisher.dead_letter(
-                _json_bytes(body), reason, REPORTS_QUEUE, routing_key="task.dead"
-            )
-            await publisher.event("task.dead", {"task_id": task.id, "error": task.error})
-            self.state.metrics.dead_letters.labels(source=source).inc()
+            reason = f"attempts exhausted ({task.attempt} of {task.max_attempts}): {task.error}"
+            source = "attempts"
+        await publisher.dead_letter(
+            _json_bytes(body), reason, REPORTS_QUEUE, routing_key="task.dead"
+        )
+        await publisher.event("task.dead", {"task_id": task.id, "error": task.error})
+        state.metrics.dead_letters.labels(source=source).inc()
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:

@@ -17,6 +17,7 @@ from rabbitmq.topology import INTAKE_QUEUE, declare_queue, retry_queue, worker_q
 from workmesh.dispatch.lifecycle import FINISHED, TaskStatus
 from workmesh.dispatch.pool import PoolChange
 from workmesh.dispatch.scaling import PoolView, ScalingPolicy, StepPolicy, ThresholdPolicy
+from workmesh.engine.healing import follow_up_unannounced
 from workmesh.engine.state import LeaderState
 from workmesh.services import assignments, leases
 from workmesh.settings import ScalingPolicyName, parse_thresholds
@@ -152,6 +153,8 @@ class PoolReview:
             log.warning("published %d orphaned tasks again", len(orphans))
         await self._purge_offline(changes)
         await self._announce_scale(desired)
+        if reconcile:
+            await follow_up_unannounced(state)
         self._export(backlog, counts)
 
     async def _record(self, changes: list[PoolChange], reconcile: bool, now: float) -> list[Task]:
