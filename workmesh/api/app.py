@@ -12,6 +12,7 @@ from workmesh.api import tasks, tokens, workers
 from workmesh.api.bus import BUS, ApiBus
 from workmesh.api.common import METRICS, SESSIONS, SETTINGS, errors_and_auth
 from workmesh.metrics import Metrics
+from workmesh.services import announcements
 from workmesh.settings import Settings
 
 HealthCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -30,6 +31,7 @@ def build_app(
     app[SETTINGS], app[SESSIONS], app[METRICS], app[HEALTH] = settings, sessions, metrics, health
     if bus is not None:
         app[BUS] = bus
+        app[tasks.OUTBOX] = announcements.Outbox(sessions)
         app.add_routes(tasks.routes)
         app.add_routes(workers.routes)
         app.add_routes(tokens.routes)

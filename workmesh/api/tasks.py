@@ -32,6 +32,7 @@ routes = web.RouteTableDef()
 RACED = "the task changed at the same moment; read it and try again"
 
 SUBMITTERS = (Role.ADMIN, Role.PRODUCER)
+OUTBOX = web.AppKey("outbox", announcements.Outbox)
 
 
 def view(task: Task) -> TaskView:
@@ -160,7 +161,7 @@ async def announce(
         return
     if note is not None:
         try:
-            await announcements.announced(app[SESSIONS], note)
+            await app[OUTBOX].cross_off(note)
         except Exception:
             log.exception("task %s announced, but its outbox note stays", note.task_id)
 

@@ -10,6 +10,7 @@ grace was never announced; the dispatcher leader does its follow-up instead
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from datetime import datetime
 
@@ -32,10 +33,27 @@ def record(
     return note
 
 
-async def announced(sessions: async_sessionmaker[AsyncSession], note: TaskAnnouncement) -> None:
-    """Cross off a note whose message RabbitMQ has confirmed."""
-    async with sessions() as session, session.begin():
-        await session.execute(delete(TaskAnnouncement).where(TaskAnnouncement.id == note.id))
+class Outbox:
+    """Crosses off the notes whose messages RabbitMQ has confirmed, in groups.
+
+    Each delete is a write transaction of its own (on SQLite a sync of the log, under the one
+    writer lock the dispatcher needs too), so the notes confirmed while one delete runs wait
+    for it and share the next, as a leader turn's reports share its commit.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+        self._waiting: set[int] = set()
+        self._deleting = asyncio.Lock()
+
+    async def cross_off(self, note: TaskAnnouncement) -> None:
+        self._waiting.add(note.id)
+        async with self._deleting:
+            if note.id not in self._waiting:
+                return  # crossed off with the group before
+            group, self._waiting = self._waiting, set()
+            async with self.sessions() as session, session.begin():
+                await forget(session, group)
 
 
 async def unpublished(sessions: async_sessionmaker[AsyncSession], task_id: str) -> None:
