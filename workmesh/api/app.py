@@ -32,12 +32,17 @@ def build_app(
     if bus is not None:
         app[BUS] = bus
         app[tasks.OUTBOX] = announcements.Outbox(sessions)
+        app.on_cleanup.append(_close_outbox)
         app.add_routes(tasks.routes)
         app.add_routes(workers.routes)
         app.add_routes(tokens.routes)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     return app
+
+
+async def _close_outbox(app: web.Application) -> None:
+    await app[tasks.OUTBOX].close()
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -160,10 +160,7 @@ async def announce(
         log.exception("task %s changed but the change is not announced; %s", task_id, then)
         return
     if note is not None:
-        try:
-            await app[OUTBOX].cross_off(note)
-        except Exception:
-            log.exception("task %s announced, but its outbox note stays", note.task_id)
+        app[OUTBOX].cross_off(note)
 
 
 async def _get(session: AsyncSession, task_id: str, worker_id: str | None) -> Task:

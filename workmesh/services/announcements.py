@@ -11,6 +11,8 @@ grace was never announced; the dispatcher leader does its follow-up instead
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Collection
 from datetime import datetime
 
@@ -19,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Task, TaskAnnouncement
 from models.base import utcnow
+
+log = logging.getLogger(__name__)
 
 CANCELLED = "cancelled"
 SUBMITTED = "submitted"
@@ -34,26 +38,48 @@ def record(
 
 
 class Outbox:
-    """Crosses off the notes whose messages RabbitMQ has confirmed, in groups.
+    """Crosses off the notes whose messages RabbitMQ has confirmed, in groups, off the request.
 
-    Each delete is a write transaction of its own (on SQLite a sync of the log, under the one
-    writer lock the dispatcher needs too), so the notes confirmed while one delete runs wait
-    for it and share the next, as a leader turn's reports share its commit.
+    Each delete is a write transaction (on SQLite a sync of the log, under the one writer lock
+    the dispatcher needs too), so the notes confirmed within ``FLUSH_AFTER`` share one. A note
+    not crossed off in time (a failed delete, a process that died first) only has its follow-up
+    done twice by the leader after its grace.
     """
+
+    FLUSH_AFTER = 0.2  # seconds; well inside the leader's grace (workmesh/engine/healing.py)
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
         self._waiting: set[int] = set()
-        self._deleting = asyncio.Lock()
+        self._flushing: asyncio.Task[None] | None = None
 
-    async def cross_off(self, note: TaskAnnouncement) -> None:
+    def cross_off(self, note: TaskAnnouncement) -> None:
         self._waiting.add(note.id)
-        async with self._deleting:
-            if note.id not in self._waiting:
-                return  # crossed off with the group before
-            group, self._waiting = self._waiting, set()
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_soon())
+
+    async def close(self) -> None:
+        """Cross off what is waiting now (on shutdown)."""
+        if self._flushing is not None:
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flushing
+        await self.flush()
+
+    async def _flush_soon(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(self.FLUSH_AFTER)
+            await self.flush()
+
+    async def flush(self) -> None:
+        group, self._waiting = self._waiting, set()
+        if not group:
+            return
+        try:
             async with self.sessions() as session, session.begin():
                 await forget(session, group)
+        except Exception:
+            log.exception("%d outbox notes stay; the leader will follow them up again", len(group))
 
 
 async def unpublished(sessions: async_sessionmaker[AsyncSession], task_id: str) -> None:
