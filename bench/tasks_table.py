@@ -41,8 +41,8 @@ from models import Task
 from models.base import utcnow
 from workmesh.db import migrate
 from workmesh.dispatch.lifecycle import FINISHED, TaskStatus
-from workmesh.engine.review import FINISHED_COUNT_SPACING, LIVE
 from workmesh.services.assignments import count_by_status, delete_finished
+from workmesh.services.counts import FINISHED_COUNT_SPACING, LIVE
 from workmesh.web.overview import WINDOWS, throughput
 
 FILL_CHUNK = 20_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -18,9 +18,9 @@ from tests.bots import Producer
 from tests.conftest import Harness, eventually
 from tests.test_metrics_e2e import scrape, value
 from workmesh.db import create_engine, session_factory
-from workmesh.dispatch.lifecycle import TaskStatus
-from workmesh.engine.review import StatusCounts
-from workmesh.services.assignments import delete_finished
+from workmesh.dispatch.lifecycle import FINISHED, TaskStatus
+from workmesh.services.assignments import count_by_status, delete_finished
+from workmesh.services.counts import StatusCounts
 from workmesh.settings import DatabaseSettings
 
 
@@ -79,6 +79,13 @@ async def test_the_oldest_finished_tasks_go_first_and_live_ones_stay(
     assert await kinds(sessions) == {"done-1", "queued", "in-progress", "retrying-9"}
 
 
+async def read_counts(
+    counts: StatusCounts, sessions: async_sessionmaker[AsyncSession]
+) -> dict[str, int]:
+    async with sessions() as session:
+        return await counts.read(session)
+
+
 async def test_finished_counts_are_read_again_as_often_as_they_are_cheap(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -89,17 +96,55 @@ async def test_finished_counts_are_read_again_as_often_as_they_are_cheap(
     # Due at once; the count "takes" 0.1 s (the clock is read to check, start, end): the
     # next is due 50 x 0.1 s after its end.
     ticks = iter([0.0, 0.0, 0.1])
-    first = await counts.read(sessions)
+    first = await read_counts(counts, sessions)
     assert (first["done"], first["queued"], first["cancelled"]) == (1, 1, 0)
     async with sessions() as session, session.begin():
         session.add_all([stored(TaskStatus.DONE, utcnow()), stored(TaskStatus.QUEUED, None)])
     ticks = iter([5.0])  # not due: live statuses are counted again, finished ones kept
-    second = await counts.read(sessions)
+    second = await read_counts(counts, sessions)
     assert (second["done"], second["queued"]) == (1, 2)
     ticks = iter([5.1, 5.1, 5.1])
-    third = await counts.read(sessions)
+    third = await read_counts(counts, sessions)
     assert (third["done"], third["queued"]) == (2, 2)
     assert set(third) == {status.value for status in TaskStatus}
+
+
+async def test_a_quick_finished_count_is_exact_at_every_read(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    ticks: Iterator[float] = iter([])
+    counts = StatusCounts(clock=lambda: next(ticks))
+    async with sessions() as session, session.begin():
+        session.add(stored(TaskStatus.DONE, utcnow()))
+    ticks = iter([0.0, 0.0, 0.005])  # 5 ms: a small table
+    assert (await read_counts(counts, sessions))["done"] == 1
+    async with sessions() as session, session.begin():
+        session.add(stored(TaskStatus.DONE, utcnow()))
+    ticks = iter([0.006, 0.006, 0.011])  # at once: counted again
+    assert (await read_counts(counts, sessions))["done"] == 2
+
+
+async def test_readers_at_once_share_one_finished_count(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /api/v1/stats and the operator page ask at once: a big table is counted once."""
+    finished_counts = 0
+
+    async def slow_count(session: AsyncSession, statuses: Iterable[TaskStatus]) -> dict[str, int]:
+        nonlocal finished_counts
+        wanted = set(statuses)
+        if wanted == set(FINISHED):
+            finished_counts += 1
+            await asyncio.sleep(0.1)  # as on a table of a few million tasks
+        return await count_by_status(session, wanted)
+
+    monkeypatch.setattr("workmesh.services.counts.count_by_status", slow_count)
+    async with sessions() as session, session.begin():
+        session.add(stored(TaskStatus.DONE, utcnow()))
+    counts = StatusCounts()
+    answers = await asyncio.gather(*(read_counts(counts, sessions) for _ in range(5)))
+    assert [a["done"] for a in answers] == [1] * 5
+    assert finished_counts == 1
 
 
 async def test_finished_tasks_are_deleted_after_the_retention(harness: Harness) -> None:

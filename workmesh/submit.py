@@ -65,12 +65,13 @@ async def submit_lines(
 
 async def gather_stats(settings: Settings) -> dict[str, Any]:
     from workmesh.db import create_engine, session_factory
+    from workmesh.services.counts import StatusCounts
     from workmesh.services.tasks import stats
 
     engine = create_engine(settings.database)
     try:
         async with session_factory(engine)() as session:
-            result = await stats(session)
+            result = await stats(session, StatusCounts())
     finally:
         await engine.dispose()
     connection = await aio_pika.connect(settings.amqp.url)

@@ -10,9 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from workmesh.api import tasks, tokens, workers
 from workmesh.api.bus import BUS, ApiBus
-from workmesh.api.common import METRICS, SESSIONS, SETTINGS, errors_and_auth
+from workmesh.api.common import METRICS, SESSIONS, SETTINGS, STATUS_COUNTS, errors_and_auth
 from workmesh.metrics import Metrics
 from workmesh.services import announcements
+from workmesh.services.counts import StatusCounts
 from workmesh.settings import Settings
 
 HealthCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -29,6 +30,7 @@ def build_app(
     """``bus`` is None for roles that serve only /metrics and /healthz."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=2 * 1024 * 1024)
     app[SETTINGS], app[SESSIONS], app[METRICS], app[HEALTH] = settings, sessions, metrics, health
+    app[STATUS_COUNTS] = StatusCounts()
     if bus is not None:
         app[BUS] = bus
         app[tasks.OUTBOX] = announcements.Outbox(sessions)

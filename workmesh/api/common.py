@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from workmesh.metrics import Metrics
 from workmesh.security import Principal, Role
+from workmesh.services.counts import StatusCounts
 from workmesh.services.tokens import authenticate
 from workmesh.settings import Settings
 
@@ -24,6 +25,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SETTINGS = web.AppKey("settings", Settings)
 SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions")
 METRICS = web.AppKey("metrics", Metrics)
+# One per process: stats and the overview share its finished counts (spaced out on a big table).
+STATUS_COUNTS = web.AppKey("status_counts", StatusCounts)
 PRINCIPAL = web.RequestKey("principal", Principal)
 TOKEN = web.RequestKey("token", str)
 

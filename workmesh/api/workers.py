@@ -11,7 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.workers import WorkerCreate, WorkerUpdate
 from workmesh.api.bus import BUS
-from workmesh.api.common import SESSIONS, ApiError, json_response, principal, read_body
+from workmesh.api.common import (
+    SESSIONS,
+    STATUS_COUNTS,
+    ApiError,
+    json_response,
+    principal,
+    read_body,
+)
 from workmesh.security import Role
 from workmesh.services import tasks, workers
 
@@ -119,4 +126,4 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     principal(request)
     async with request.app[SESSIONS]() as session:
-        return json_response(await tasks.stats(session))
+        return json_response(await tasks.stats(session, request.app[STATUS_COUNTS]))

@@ -5,21 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from aio_pika.abc import AbstractChannel
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Task
 from models.base import utcnow
 from rabbitmq.topology import INTAKE_QUEUE, declare_queue, retry_queue, worker_queue
-from workmesh.dispatch.lifecycle import FINISHED, TaskStatus
 from workmesh.dispatch.pool import PoolChange
 from workmesh.dispatch.scaling import PoolView, ScalingPolicy, StepPolicy, ThresholdPolicy
 from workmesh.engine.healing import follow_up_unannounced
 from workmesh.engine.state import LeaderState
 from workmesh.services import assignments, leases
+from workmesh.services.counts import StatusCounts
 from workmesh.settings import ScalingPolicyName, parse_thresholds
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 # How long the reconciliation trusts a task's report to be on its way after the change was
 # committed (the API publishes it right after its commit).
 REPORT_GRACE = timedelta(seconds=2)
-# Every status a task can have before it finishes.
-LIVE = tuple(status for status in TaskStatus if status not in FINISHED)
 
 
 def scaling_policy(state: LeaderState) -> ScalingPolicy:
@@ -43,33 +41,6 @@ def scaling_policy(state: LeaderState) -> ScalingPolicy:
 FORGET_BATCH = 500
 FORGET_ROUNDS = 10
 FORGET_PAUSE = 0.005
-# Finished tasks are counted again only after this many times as long as their last count
-# took: counting them reads the whole finished part of the table, which grows with the
-# retention, so a large table is counted less often (at most ~2% of the time).
-FINISHED_COUNT_SPACING = 50
-
-
-class StatusCounts:
-    """Stored tasks by status, for the ``workmesh_tasks`` gauge.
-
-    The live statuses are counted at every review (a few index ranges); the finished ones as
-    often as their count is cheap: at every review on a small table, less often on a big one.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.finished: dict[str, int] = {}
-        self.finished_due = 0.0
-
-    async def read(self, sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
-        async with sessions() as session:
-            counts = await assignments.count_by_status(session, LIVE)
-            if self.clock() >= self.finished_due:
-                started = self.clock()
-                self.finished = await assignments.count_by_status(session, FINISHED)
-                ended = self.clock()
-                self.finished_due = ended + (ended - started) * FINISHED_COUNT_SPACING
-        return counts | self.finished
 
 
 class PoolReview:
@@ -140,7 +111,8 @@ class PoolReview:
                     orphans = await assignments.orphaned_tasks(
                         session, state.settings.dispatch.orphan_after
                     )
-        counts = await self.counts.read(state.sessions)
+        async with state.sessions() as session:
+            counts = await self.counts.read(session)
         await self._forget_finished()
         for task in returned + orphans + [task for task, _ in expired]:
             await state.publisher.intake(assignments.intake_body(task), task.priority)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +24,7 @@ from workmesh.dispatch.lifecycle import (
     repeated_outcome,
 )
 from workmesh.services.assignments import apply_transition
+from workmesh.services.counts import StatusCounts
 
 MAX_LIST_LIMIT = 1000
 
@@ -143,14 +144,9 @@ async def change_status(
     return task, report
 
 
-async def stats(session: AsyncSession) -> dict[str, object]:
-    by_status = dict(
-        (await session.execute(select(Task.status, func.count()).group_by(Task.status))).all()
-    )
+async def stats(session: AsyncSession, counts: StatusCounts) -> dict[str, object]:
+    by_status = await counts.read(session)
     workers = (await session.scalars(select(Worker).where(LIVE))).all()
-    on_workers = await session.scalar(
-        select(func.count()).where(Task.status.in_([s.value for s in ON_WORKER]))
-    )
     return {
         "tasks": {s.value: by_status.get(s.value, 0) for s in TaskStatus},
         "workers": {
@@ -159,6 +155,6 @@ async def stats(session: AsyncSession) -> dict[str, object]:
             "active_online": sum(w.online and w.tier == "active" for w in workers),
             "reserve_engaged": sum(w.engaged for w in workers),
             "capacity_online": sum(w.capacity for w in workers if w.online),
-            "load": on_workers or 0,
+            "load": sum(by_status[s.value] for s in ON_WORKER),
         },
     }

@@ -14,12 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from models import Task
 from models.base import utcnow
 from rabbitmq.topology import INTAKE_QUEUE
-from workmesh.api.common import SESSIONS, json_response, principal
+from workmesh.api.common import SESSIONS, STATUS_COUNTS, json_response, principal
 from workmesh.channels.routes import CHANNELS
 from workmesh.dispatch.lifecycle import TaskStatus
 from workmesh.security import Role
 from workmesh.services import workers
-from workmesh.services.assignments import count_by_status
 from workmesh.web.deadletters import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ async def overview(request: web.Request) -> web.Response:
                 "queued_by_priority": await queued_by_priority(session),
                 "intake_messages": await intake_messages(request.app),
             },
-            "tasks": await count_by_status(session),
+            "tasks": await request.app[STATUS_COUNTS].read(session),
             "throughput": await throughput(session),
         }
     body["dead_letters"] = request.app[DEAD_LETTERS].view()
