@@ -66,10 +66,19 @@ class PoolReview:
         waiting_retries = 0
         for delay in state.settings.dispatch.retry_delays:
             waiting_retries += await self._depth(retry_queue(delay).name)
+        queues_empty = backlog == 0 and waiting_retries == 0
         async with state.sessions() as session:
             records = await assignments.worker_records(session)
             # Tokens made or removed since the last look take effect within a review.
             state.producer_tokens = await assignments.producer_token_names(session)
+            counts = await self.counts.read(session)
+            # Looked for here, in one read with the rest; taken back under the lock only when
+            # there are some, so that a review holds back the turns for no query of its own
+            # (measured: 7 ms of the lock at the median, up to 57, in every review).
+            leases_due = await leases.any_expired(session, utcnow())
+            orphans_due = queues_empty and await assignments.any_orphaned(
+                session, state.settings.dispatch.orphan_after
+            )
         # A worker's queue exists before the worker can be picked, so no assignment is
         # ever published to a queue that is not there.
         await self._declare_queues(r.worker_id for r in records)
@@ -103,16 +112,14 @@ class PoolReview:
                 await self._announce(changes)
             if changes or state.pool.free_capacity() > room_before:
                 state.room.set()  # (more room without an event: an admin raised a capacity)
-            expired = await self._expire_leases(now)
+            expired = await self._expire_leases(now) if leases_due else []
             orphans: list[Task] = []
-            if backlog == 0 and waiting_retries == 0:
+            if orphans_due:
                 # Under the lock: a turn must not assign a task while it is being revived.
                 async with state.sessions() as session, session.begin():
                     orphans = await assignments.orphaned_tasks(
                         session, state.settings.dispatch.orphan_after
                     )
-        async with state.sessions() as session:
-            counts = await self.counts.read(session)
         await self._forget_finished()
         for task in returned + orphans + [task for task, _ in expired]:
             await state.publisher.intake(assignments.intake_body(task), task.priority)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import ApiToken, Task, Worker
@@ -121,17 +121,21 @@ async def set_worker_flags(
     )
 
 
+def _orphaned(older_than: float) -> ColumnElement[bool]:
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    return and_(Task.status.in_([s.value for s in ASSIGNABLE]), Task.updated_at < cutoff)
+
+
+async def any_orphaned(session: AsyncSession, older_than: float) -> bool:
+    """Whether ``orphaned_tasks`` would find anything (a read, as ``leases.any_expired``)."""
+    query = select(Task.id).where(_orphaned(older_than)).limit(1)
+    return await session.scalar(query) is not None
+
+
 async def orphaned_tasks(session: AsyncSession, older_than: float) -> list[Task]:
     """Waiting tasks untouched for a while; called only when no message is left in RabbitMQ,
     so these have lost theirs (a crash between a commit and its publish) and need one again."""
-    cutoff = utcnow() - timedelta(seconds=older_than)
-    rows = (
-        await session.scalars(
-            select(Task).where(
-                Task.status.in_([s.value for s in ASSIGNABLE]), Task.updated_at < cutoff
-            )
-        )
-    ).all()
+    rows = (await session.scalars(select(Task).where(_orphaned(older_than)))).all()
     now = utcnow()
     for task in rows:
         task.status = TaskStatus.QUEUED.value

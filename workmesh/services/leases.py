@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Task
@@ -37,18 +37,24 @@ async def hand_out(
     return task
 
 
+def _expired(now: datetime) -> ColumnElement[bool]:
+    return and_(
+        Task.status == TaskStatus.ASSIGNED.value,
+        Task.leased_until.is_not(None),
+        Task.leased_until < now,
+    )
+
+
+async def any_expired(session: AsyncSession, now: datetime) -> bool:
+    """Whether ``take_expired`` would find anything: a read, so the leader can look without
+    holding back its turns (it takes them under the pool's lock only when there are some)."""
+    return await session.scalar(select(Task.id).where(_expired(now)).limit(1)) is not None
+
+
 async def take_expired(session: AsyncSession, now: datetime) -> list[tuple[Task, str]]:
     """Tasks handed out and not started in time, put back in the queue (the caller publishes
     them), each with the worker that let its lease run out."""
-    rows = (
-        await session.scalars(
-            select(Task).where(
-                Task.status == TaskStatus.ASSIGNED.value,
-                Task.leased_until.is_not(None),
-                Task.leased_until < now,
-            )
-        )
-    ).all()
+    rows = (await session.scalars(select(Task).where(_expired(now)))).all()
     expired = [(task, task.worker_id or "") for task in rows]
     for task in rows:
         task.status = TaskStatus.QUEUED.value
