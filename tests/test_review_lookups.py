@@ -1,6 +1,6 @@
-"""The leader's review looks for expired leases and orphaned tasks with a read first, and takes
-them (a write, under the pool's lock) only when the read found some: the read must find
-exactly what the taking would."""
+"""The leader's review looks for expired leases, orphaned tasks and tasks past the retention
+with a read first, and takes them (a write; the first two under the pool's lock) only when the
+read found some: the read must find what the taking would."""
 
 from __future__ import annotations
 
@@ -64,3 +64,27 @@ async def test_an_orphan_is_found_only_when_the_sweep_would_revive_it(
     assert [task.kind for task in revived] == ["lost"]
     async with sessions() as session:
         assert not await assignments.any_orphaned(session, older_than=60)
+
+
+async def test_the_retention_sweep_is_due_only_when_a_task_finished_before_the_cutoff(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    now = utcnow()
+    cutoff = now - timedelta(days=7)
+    async with sessions() as session, session.begin():
+        session.add_all(
+            [
+                stored(TaskStatus.DONE, now - timedelta(days=1), "recent"),
+                stored(TaskStatus.QUEUED, None, "live"),
+            ]
+        )
+    async with sessions() as session:
+        assert not await assignments.any_finished_before(session, cutoff)
+    async with sessions() as session, session.begin():
+        session.add(stored(TaskStatus.DEAD, now - timedelta(days=8), "old"))
+    async with sessions() as session:
+        assert await assignments.any_finished_before(session, cutoff)
+    async with sessions() as session, session.begin():
+        assert await assignments.delete_finished(session, cutoff, limit=10) == 1
+    async with sessions() as session:
+        assert not await assignments.any_finished_before(session, cutoff)

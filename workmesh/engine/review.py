@@ -79,6 +79,11 @@ class PoolReview:
             orphans_due = queues_empty and await assignments.any_orphaned(
                 session, state.settings.dispatch.orphan_after
             )
+            # Likewise the retention sweep: on SQLite its delete takes the one write lock the
+            # turns need, even when it deletes nothing.
+            forget_before = self._retention_cutoff()
+            if forget_before and not await assignments.any_finished_before(session, forget_before):
+                forget_before = None  # nothing has finished that long ago
         # A worker's queue exists before the worker can be picked, so no assignment is
         # ever published to a queue that is not there.
         await self._declare_queues(r.worker_id for r in records)
@@ -120,7 +125,8 @@ class PoolReview:
                     orphans = await assignments.orphaned_tasks(
                         session, state.settings.dispatch.orphan_after
                     )
-        await self._forget_finished()
+        if forget_before is not None:
+            await self._forget_finished(forget_before)
         for task in returned + orphans + [task for task, _ in expired]:
             await state.publisher.intake(assignments.intake_body(task), task.priority)
         for task, worker_id in expired:
@@ -161,17 +167,17 @@ class PoolReview:
                 state.pool.forget(change.worker_id)
         return returned
 
-    async def _forget_finished(self) -> None:
+    def _retention_cutoff(self) -> datetime | None:
+        retention = self.state.settings.dispatch.retention
+        return None if retention <= 0 else utcnow() - timedelta(seconds=retention)
+
+    async def _forget_finished(self, before: datetime) -> None:
         """Delete the tasks that finished longer ago than the retention, oldest first.
 
         In short transactions: on SQLite each holds the one write lock that turns need, so a
         backlog (retention just switched on over a big table) is worked off a few thousand
         rows per review, not in one long delete.
         """
-        retention = self.state.settings.dispatch.retention
-        if retention <= 0:
-            return
-        before = utcnow() - timedelta(seconds=retention)
         for _ in range(FORGET_ROUNDS):
             async with self.state.sessions() as session, session.begin():
                 deleted = await assignments.delete_finished(session, before, FORGET_BATCH)

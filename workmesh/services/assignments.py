@@ -157,6 +157,12 @@ async def count_by_status(
     return counts
 
 
+async def any_finished_before(session: AsyncSession, before: datetime) -> bool:
+    """Whether ``delete_finished`` may find anything (a read off ix_tasks_finished_at)."""
+    query = select(Task.id).where(Task.finished_at < before).limit(1)
+    return await session.scalar(query) is not None
+
+
 async def delete_finished(session: AsyncSession, before: datetime, limit: int) -> int:
     """Delete up to ``limit`` tasks that finished before ``before``; returns how many."""
     # The oldest by finished_at alone, then the status check on those few: with the status in
