@@ -10,10 +10,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from workmesh.api import tasks, tokens, workers
 from workmesh.api.bus import BUS, ApiBus
-from workmesh.api.common import METRICS, SESSIONS, SETTINGS, STATUS_COUNTS, errors_and_auth
+from workmesh.api.common import (
+    METRICS,
+    SESSIONS,
+    SETTINGS,
+    STATUS_COUNTS,
+    WRITES,
+    errors_and_auth,
+)
 from workmesh.metrics import Metrics
 from workmesh.services import announcements
 from workmesh.services.counts import StatusCounts
+from workmesh.services.group_commit import GroupCommit
 from workmesh.settings import Settings
 
 HealthCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -33,8 +41,9 @@ def build_app(
     app[STATUS_COUNTS] = StatusCounts()
     if bus is not None:
         app[BUS] = bus
+        app[WRITES] = GroupCommit(sessions)
         app[tasks.OUTBOX] = announcements.Outbox(sessions)
-        app.on_cleanup.append(_close_outbox)
+        app.on_cleanup.append(_close_writes)
         app.add_routes(tasks.routes)
         app.add_routes(workers.routes)
         app.add_routes(tokens.routes)
@@ -43,7 +52,8 @@ def build_app(
     return app
 
 
-async def _close_outbox(app: web.Application) -> None:
+async def _close_writes(app: web.Application) -> None:
+    await app[WRITES].close()
     await app[tasks.OUTBOX].close()
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from workmesh.metrics import Metrics
 from workmesh.security import Principal, Role
 from workmesh.services.counts import StatusCounts
+from workmesh.services.group_commit import GroupCommit
 from workmesh.services.tokens import authenticate
 from workmesh.settings import Settings
 
@@ -27,6 +28,8 @@ SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions")
 METRICS = web.AppKey("metrics", Metrics)
 # One per process: stats and the overview share its finished counts (spaced out on a big table).
 STATUS_COUNTS = web.AppKey("status_counts", StatusCounts)
+# One per process: the workers' hand-outs and status changes, committed in shared transactions.
+WRITES = web.AppKey("writes", GroupCommit)
 PRINCIPAL = web.RequestKey("principal", Principal)
 TOKEN = web.RequestKey("token", str)
 

@@ -17,12 +17,13 @@ from workmesh.api.common import (
     SESSIONS,
     SETTINGS,
     TOKEN,
+    WRITES,
     ApiError,
     json_response,
     principal,
     read_body,
 )
-from workmesh.dispatch.lifecycle import ON_WORKER, LifecycleError, TaskStatus
+from workmesh.dispatch.lifecycle import ON_WORKER, LifecycleError, Report, TaskStatus
 from workmesh.security import Role
 from workmesh.services import announcements, tasks
 
@@ -123,19 +124,20 @@ async def apply_status_change(
     app: web.Application, task_id: str, worker_id: str, token: str, change: StatusChange
 ) -> Task:
     """A worker's status change over HTTP or WebSocket; refusals raise ApiError."""
-    note = None
+
+    async def write(session: AsyncSession) -> tuple[Task, Report, TaskAnnouncement | None]:
+        task, report = await tasks.change_status(
+            session, task_id, worker_id, change, app[SETTINGS].dispatch.max_rejections
+        )
+        note = None
+        if TaskStatus(task.status) not in ON_WORKER:
+            # It left the worker: the leader must free the slot and do the follow-up.
+            note = announcements.record(session, task.id, worker_id, report.value)
+        return task, report, note
+
     with refusals_as_http():
-        async with app[SESSIONS]() as session, session.begin():
-            task, report = await tasks.change_status(
-                session,
-                task_id,
-                worker_id,
-                change,
-                max_rejections=app[SETTINGS].dispatch.max_rejections,
-            )
-            if TaskStatus(task.status) not in ON_WORKER:
-                # It left the worker: the leader must free the slot and do the follow-up.
-                note = announcements.record(session, task.id, worker_id, report.value)
+        # In a transaction shared with the other workers' changes and hand-outs (one commit).
+        task, report, note = await app[WRITES].run(write, reads=(Task, task_id))
     # The dispatcher hears of it the same way as of an AMQP report, and does the follow-up.
     await announce(app, task.id, note, app[BUS].report(task, report, worker_id, token, change))
     return task

@@ -17,12 +17,14 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
+from models import Task
 from models.base import utcnow
 from rabbitmq.topology import worker_queue_name
 from workmesh.services import leases
+from workmesh.services.group_commit import GroupCommit
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,8 @@ class Delivery:
 
 
 class Mailbox:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], lease: float) -> None:
-        self.sessions = sessions
+    def __init__(self, writes: GroupCommit, lease: float) -> None:
+        self.writes = writes  # leases go in transactions shared with other hand-outs and reports
         self.lease = lease
 
     async def open(self, channel: AbstractChannel, worker_id: str) -> AbstractQueue:
@@ -58,12 +60,15 @@ class Mailbox:
         if message.type == "cancel":
             return Delivery("cancel", {"task_id": body["task_id"]}), None
         until = utcnow() + timedelta(seconds=self.lease)
+
+        async def lease(session: AsyncSession) -> Task | None:
+            return await leases.hand_out(
+                session, body["task_id"], worker_id, until, bool(message.redelivered)
+            )
+
         for _ in range(3):
             try:
-                async with self.sessions() as session, session.begin():
-                    task = await leases.hand_out(
-                        session, body["task_id"], worker_id, until, bool(message.redelivered)
-                    )
+                task = await self.writes.run(lease, reads=(Task, body["task_id"]))
                 break
             except StaleDataError:
                 continue  # the dispatcher or the API changed it meanwhile: read it again
@@ -86,18 +91,33 @@ class Mailbox:
         deadline = loop.time() + wait
         out: list[Delivery] = []
         while len(out) < limit:
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
+            messages: list[AbstractIncomingMessage] = []
+            while len(out) + len(messages) < limit:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                messages.append(message)
+            if not messages:
                 if out or loop.time() >= deadline:
                     break
                 message = await self._next(channel, queue, deadline - loop.time())
                 if message is None:
                     break
-            delivery, _ = await self.admit(worker_id, message)
-            await message.ack()
-            if delivery is not None:
-                out.append(delivery)
+                messages.append(message)
+            # Leased together, in one transaction; some may turn out stale, hence the loop.
+            for message, (delivery, _) in zip(
+                messages, await self.admit_all(worker_id, messages), strict=True
+            ):
+                await message.ack()
+                if delivery is not None:
+                    out.append(delivery)
         return out
+
+    async def admit_all(
+        self, worker_id: str, messages: list[AbstractIncomingMessage]
+    ) -> list[tuple[Delivery | None, datetime | None]]:
+        """``admit`` for each message, in its order, their leases in one shared transaction."""
+        return list(await asyncio.gather(*(self.admit(worker_id, m) for m in messages)))
 
     async def _next(
         self, channel: AbstractChannel, queue: AbstractQueue, within: float

@@ -14,6 +14,7 @@ from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitQueue
 
 from rabbitmq.topology import NOTIFY
+from workmesh.api.common import WRITES
 from workmesh.capabilities import MeshContext
 from workmesh.channels.mailbox import Delivery, Mailbox
 from workmesh.channels.notify import Notifier
@@ -38,6 +39,7 @@ class WorkerChannels:
 
     def attach(self, mesh: MeshContext, app: web.Application) -> None:
         self._sessions = mesh.sessions
+        self._writes = app[WRITES]
         app[CHANNELS] = self
         app.add_routes(routes)
         attach_web(mesh, app)  # the pages for people and operators (docs/web.md)
@@ -60,7 +62,7 @@ class WorkerChannels:
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(self.settings.amqp.url)
         self._http = aiohttp.ClientSession()
-        self._mailbox = Mailbox(self._sessions, self.settings.channels.lease)
+        self._mailbox = Mailbox(self._writes, self.settings.channels.lease)
         self._notifier = Notifier(
             self.settings.channels, self._sessions, self._connection, self._http
         )

@@ -38,7 +38,7 @@ from rabbitmq.topology import INTAKE_QUEUE
 from schemas.tasks import StatusChange, TaskView
 from workmesh.api.common import SESSIONS, SETTINGS, ApiError
 from workmesh.api.tasks import apply_status_change
-from workmesh.channels.mailbox import Mailbox
+from workmesh.channels.mailbox import Delivery, Mailbox
 from workmesh.security import Role
 from workmesh.services import workers
 from workmesh.services.tokens import authenticate
@@ -124,7 +124,13 @@ class WorkerSession:
     async def _deliver(self, inbox: asyncio.Queue[AbstractIncomingMessage]) -> None:
         while True:
             try:
-                await self._on_message(await inbox.get())
+                messages = [await inbox.get()]
+                while not inbox.empty():
+                    messages.append(inbox.get_nowait())
+                # Leased together (one transaction), handed over in the queue's order.
+                admitted = await self.mailbox.admit_all(self.worker_id, messages)
+                for message, (delivery, until) in zip(messages, admitted, strict=True):
+                    await self._hand_over(message, delivery, until)
             except Exception:
                 # The database or RabbitMQ failed under us: end the session, so that RabbitMQ
                 # takes back what it holds and the worker reconnects to a fresh one.
@@ -132,8 +138,9 @@ class WorkerSession:
                 await self.socket.close(code=1011, message=b"internal error; reconnect")
                 return
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        delivery, until = await self.mailbox.admit(self.worker_id, message)
+    async def _hand_over(
+        self, message: AbstractIncomingMessage, delivery: Delivery | None, until: datetime | None
+    ) -> None:
         if delivery is None:
             await message.ack()  # no longer true: another worker has it, or it ended
             return
