@@ -135,7 +135,14 @@ def _update_rows(connection: StatementRunner, rows: Sequence[TaskRow], now: date
         # The driver cannot count what an executemany changed (asyncpg): lock the rows,
         # compare their versions with those read, and only then write them.
         assert isinstance(connection, Connection), "a driver that cannot count runs on SQLAlchemy"
-        locked = select(TASKS.c.id, TASKS.c.version).where(TASKS.c.id.in_([r.id for r in rows]))
+        # In id order: the api's groups of status changes and hand-outs (GroupCommit) lock
+        # their rows in that order too (SQLAlchemy flushes updates by primary key), so the two
+        # never wait for each other in a circle, whatever order the scan would find the rows.
+        locked = (
+            select(TASKS.c.id, TASKS.c.version)
+            .where(TASKS.c.id.in_([r.id for r in rows]))
+            .order_by(TASKS.c.id)
+        )
         now_at: dict[str, int] = dict(connection.execute(locked.with_for_update()).all())
         changed = sum(now_at.get(row.id) == row.version for row in rows)
         if changed == len(rows):
