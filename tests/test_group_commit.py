@@ -197,3 +197,20 @@ async def test_close_waits_for_what_was_started(
     await group.close()
     assert all(task.done() for task in started)
     assert await kinds(sessions, ids) == ["closed"] * 3
+
+
+async def test_work_arriving_as_the_writers_finish_is_written(
+    db: tuple[async_sessionmaker[AsyncSession], Counted],
+) -> None:
+    """A caller that runs its next work as soon as its last is answered does so before the
+    writer that answered it has ended: it must start a writer of its own, not wait for that
+    one."""
+    sessions, _ = db
+    [task_id] = await store(sessions, 1)
+    group = GroupCommit(sessions, writers=1)
+
+    async def one_after_another() -> list[str]:
+        return [await group.run(rename(task_id, f"change {n}")) for n in range(5)]
+
+    answers = await asyncio.wait_for(one_after_another(), 5)
+    assert answers == ["task 0"] + [f"change {n}" for n in range(4)]

@@ -86,7 +86,7 @@ class GroupCommit:
             # (asyncio.gather) are all waiting by the time it runs, and go in one group.
             writer = asyncio.create_task(self._write())
             self._writing.add(writer)
-            writer.add_done_callback(self._writing.discard)
+            writer.add_done_callback(self._writing.discard)  # (if cancelled before it began)
         return await done
 
     async def close(self) -> None:
@@ -108,6 +108,11 @@ class GroupCommit:
                     waiting.done.cancel()
             self._waiting = []
             raise
+        finally:
+            # Off the list in the same step that found nothing more to write: a caller answered
+            # by this writer runs before the task's done callbacks, and its next work must
+            # start a writer of its own rather than wait for this one.
+            self._writing.discard(asyncio.current_task())
 
     async def _commit(self, group: list[Waiting]) -> None:
         if len(group) > 1:
