@@ -202,6 +202,23 @@ async def test_websocket_pushes_assignments_and_takes_status_changes(harness: Ha
     await ws.close()
 
 
+async def test_a_removed_workers_socket_is_closed_at_its_next_heartbeat(
+    harness: Harness,
+) -> None:
+    await harness.start()
+    token = await harness.add_worker("leaving")
+    ws = await WsWorker(harness, token).connect()
+    await ws.send({"type": "heartbeat"})
+    await harness.wait_online("leaving")
+    status, body = await harness.api("DELETE", "/api/v1/workers/leaving")
+    assert status == 204, body
+    await ws.send({"type": "heartbeat"})
+    assert ws._reader is not None
+    assert ws.socket is not None
+    await asyncio.wait_for(ws._reader, 10)  # the mesh closed the socket
+    assert ws.socket.close_code == 4403
+
+
 async def test_websocket_hands_out_waiting_assignments_by_priority(harness: Harness) -> None:
     await harness.start()
     token = await harness.add_worker("later", capacity=4)

@@ -1,5 +1,6 @@
-"""Heartbeats that arrive together are recorded in one transaction, each with its own outcome
-(workmesh/services/heartbeats.py), on SQLite and PostgreSQL."""
+"""Heartbeats that arrive together are recorded in one transaction, each with its own outcome:
+AMQP ones in a HeartbeatBook (workmesh/services/heartbeats.py), HTTP and WebSocket ones in the
+api role's shared writes (GroupCommit); on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from models import Worker
 from schemas.workers import WorkerCreate
 from workmesh.db import create_engine, session_factory
 from workmesh.services import workers
+from workmesh.services.group_commit import GroupCommit
 from workmesh.services.heartbeats import HeartbeatBook
 from workmesh.services.workers import UnknownWorker
 from workmesh.settings import DatabaseSettings
@@ -101,3 +103,35 @@ async def test_a_failed_write_fails_every_heartbeat_of_its_batch(
     assert [type(o) for o in outcomes] == [ConnectionError, ConnectionError]
     monkeypatch.undo()
     await book.record("a", token)  # the book goes on after a failed batch
+
+
+async def test_channel_heartbeats_share_the_api_roles_transactions(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    for name in ("a", "b", "c", "gone"):
+        await add(sessions, name)
+    async with sessions() as session, session.begin():
+        await workers.remove_worker(session, "gone")
+    writes = GroupCommit(sessions)
+    outcomes = await asyncio.gather(
+        *(workers.heartbeat_written(writes, name) for name in ("a", "b", "c")),
+        return_exceptions=True,
+    )
+    assert list(outcomes) == [None, None, None]
+    assert writes.commits == 1
+    beats = await last_beats(sessions)
+    assert all(beats[name] is not None for name in ("a", "b", "c"))
+
+    # A removed worker's heartbeat is refused alone; the others' are still written.
+    before = beats["a"]
+    lone_refusal = await asyncio.gather(
+        workers.heartbeat_written(writes, "gone"),
+        workers.heartbeat_written(writes, "a"),
+        return_exceptions=True,
+    )
+    assert isinstance(lone_refusal[0], UnknownWorker)
+    assert lone_refusal[1] is None
+    beats = await last_beats(sessions)
+    assert beats["gone"] is None
+    assert beats["a"] > before
+    await writes.close()

@@ -14,6 +14,7 @@ from workmesh.api.bus import BUS
 from workmesh.api.common import (
     SESSIONS,
     STATUS_COUNTS,
+    WRITES,
     ApiError,
     json_response,
     principal,
@@ -117,8 +118,10 @@ async def read_worker(request: web.Request) -> web.Response:
 @routes.post("/api/v1/worker/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
     who = principal(request, Role.WORKER)
-    async with request.app[SESSIONS]() as session, session.begin():
-        await workers.record_heartbeat(session, who.name)
+    try:
+        await workers.heartbeat_written(request.app[WRITES], who.name)
+    except workers.UnknownWorker as error:  # removed since its token was checked
+        raise ApiError(404, str(error)) from None
     return web.Response(status=204)
 
 

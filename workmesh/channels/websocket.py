@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from models.base import utcnow
 from rabbitmq.topology import INTAKE_QUEUE
 from schemas.tasks import StatusChange, TaskView
-from workmesh.api.common import SESSIONS, SETTINGS, ApiError
+from workmesh.api.common import SESSIONS, SETTINGS, WRITES, ApiError
 from workmesh.api.tasks import apply_status_change
 from workmesh.channels.mailbox import Delivery, Mailbox
 from workmesh.security import Role
@@ -77,6 +77,7 @@ class WorkerSession:
         # one after another for the same task; ``_room`` bounds how many run at once.
         self._applying: dict[str, asyncio.Task[None]] = {}
         self._room = asyncio.Semaphore(1)
+        self._beating: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         channel = await self.connection.channel()
@@ -101,7 +102,11 @@ class WorkerSession:
                         await self._on_frame(frame.data)
             finally:
                 # Status changes the worker sent before it went are applied, not dropped.
-                await asyncio.gather(*self._applying.values(), return_exceptions=True)
+                await asyncio.gather(
+                    *self._applying.values(),
+                    *([self._beating] if self._beating else []),
+                    return_exceptions=True,
+                )
                 for helper in helpers:
                     helper.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -171,12 +176,24 @@ class WorkerSession:
             self._applying[key] = applying
             applying.add_done_callback(lambda done: self._applied(key, done))
         elif kind == "heartbeat":
-            async with self.app[SESSIONS]() as session, session.begin():
-                await workers.record_heartbeat(session, self.worker_id)
+            # Written in the background, like status changes: it waits for a shared
+            # transaction, and the socket's other frames need not wait behind it. One at a
+            # time: a heartbeat sent while the last is being written adds nothing.
+            if self._beating is None or self._beating.done():
+                self._beating = asyncio.create_task(self._beat())
         else:
             await self.send(
                 {"type": "error", "error": f"unknown message type {kind!r}; use status, heartbeat"}
             )
+
+    async def _beat(self) -> None:
+        try:
+            await workers.heartbeat_written(self.app[WRITES], self.worker_id)
+        except workers.UnknownWorker:
+            await self.socket.close(code=4403, message=b"this worker has been removed")
+        except Exception:
+            log.exception("worker %s: a heartbeat failed; closing its socket", self.worker_id)
+            await self.socket.close(code=1011, message=b"internal error; reconnect")
 
     async def _apply(self, frame: dict[str, Any], before: asyncio.Task[None] | None) -> None:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Task, Worker
@@ -11,6 +11,7 @@ from models.workers import LIVE
 from schemas.workers import WorkerCreate, WorkerUpdate, WorkerView
 from workmesh.dispatch.lifecycle import ON_WORKER
 from workmesh.security import hash_token, new_token
+from workmesh.services.group_commit import GroupCommit
 
 
 class WorkerExists(ValueError):
@@ -81,12 +82,16 @@ async def update_worker(session: AsyncSession, worker_id: str, change: WorkerUpd
     return view
 
 
-async def record_heartbeat(session: AsyncSession, worker_id: str) -> None:
-    result = await session.execute(
-        update(Worker).where(Worker.id == worker_id, LIVE).values(last_heartbeat_at=utcnow())
-    )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise UnknownWorker(f"unknown worker {worker_id!r}")
+async def heartbeat_written(writes: GroupCommit, worker_id: str) -> None:
+    """Record a heartbeat that came over HTTP or a WebSocket, in the api role's next shared
+    transaction (on SQLite, one write transaction each held the one writer's lock that the
+    dispatcher's turns and the hand-outs need). Raises UnknownWorker for a removed worker."""
+
+    async def beat(session: AsyncSession) -> None:
+        worker = await live_worker(session, worker_id)
+        worker.last_heartbeat_at = utcnow()
+
+    await writes.run(beat, reads=(Worker, worker_id))
 
 
 async def worker_views(session: AsyncSession, worker_id: str | None = None) -> list[WorkerView]:
