@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from bench._celery_app import TASK_NAME, make_app
-from bench._common import Burst, CpuMeter, Latency, SystemResult, standard_pids
+from bench._common import (
+    Burst,
+    CpuMeter,
+    Latency,
+    SystemResult,
+    settle_garbage,
+    standard_pids,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 ERROR_MARKERS = ("ERROR", "CRITICAL", "Traceback")
@@ -169,6 +176,7 @@ def run_celery(
             result.notes.append(f"warm-up {stalled}")
             return result
         log(f"{name}: worker up")
+        settle_garbage()
 
         burst = Burst(n)
         result.burst = burst

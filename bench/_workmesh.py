@@ -24,7 +24,15 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractIncomingMessage
 
-from bench._common import Burst, CpuMeter, Latency, SystemResult, free_port, standard_pids
+from bench._common import (
+    Burst,
+    CpuMeter,
+    Latency,
+    SystemResult,
+    free_port,
+    settle_garbage,
+    standard_pids,
+)
 
 TASKS_EXCHANGE = "workmesh.tasks"
 EVENTS_EXCHANGE = "workmesh.events"
@@ -385,6 +393,7 @@ async def run_workmesh(
         if stalled:
             result.notes.append(f"warm-up (mesh done count) {stalled}")
             return result
+        settle_garbage()
 
         # Burst.
         burst = Burst(n)

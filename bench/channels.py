@@ -46,6 +46,7 @@ from bench._common import (
     create_pg_database,
     delete_vhost,
     drop_pg_database,
+    settle_garbage,
 )
 from bench._workmesh import Api, Bot, MeshProcess, Producer
 
@@ -235,6 +236,7 @@ async def measure(channel: str, mesh: MeshProcess, url: str, args: argparse.Name
         try:
             await producer.burst("warm", args.warmup)
             await _until(lambda: _true(tally.received.get("warm", 0) >= args.warmup), "warm-up", 60)
+            settle_garbage()
             start = time.time()
             await producer.burst("burst", args.n)
             await _until(lambda: _true(tally.received.get("burst", 0) >= args.n), "the burst", 300)
