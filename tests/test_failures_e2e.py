@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from tests.bots import EventTap, Producer, read_dead_letters
@@ -74,6 +75,28 @@ async def test_the_same_idempotency_key_makes_one_task(harness: Harness) -> None
     await eventually(lambda: len(bot.received) == 3, message="third task delivered")
     _, listing = await harness.api("GET", "/api/v1/tasks")
     assert len(listing["tasks"]) == 3
+
+
+async def test_http_submissions_sent_at_once_with_one_key_make_one_task(harness: Harness) -> None:
+    await harness.start()
+    bot = await harness.bot("b", capacity=5, mode="hold")
+    await harness.wait_online("b")
+    answers = await asyncio.gather(
+        *(
+            harness.api("POST", "/api/v1/tasks", json={"kind": "x", "idempotency_key": "once"})
+            for _ in range(6)
+        ),
+        *(harness.api("POST", "/api/v1/tasks", json={"kind": "y"}) for _ in range(3)),
+    )
+    keyed, plain = answers[:6], answers[6:]
+    assert sorted(status for status, _ in keyed) == [200] * 5 + [201]
+    assert len({body["id"] for _, body in keyed}) == 1
+    assert [status for status, _ in plain] == [201] * 3
+    await eventually(lambda: len(bot.received) == 4, message="four tasks delivered")
+    await asyncio.sleep(0.5)  # and no fifth
+    assert len(bot.received) == 4
+    _, listing = await harness.api("GET", "/api/v1/tasks")
+    assert len(listing["tasks"]) == 4
 
 
 async def test_a_task_every_worker_rejects_is_dead_at_the_limit(harness: Harness) -> None:

@@ -74,7 +74,7 @@ async def test_works_started_together_share_one_commit_and_one_read(
     counted.commits = counted.selects = 0
     answers = await asyncio.gather(
         *(
-            group.run(rename(task_id, f"renamed {i}"), reads=(Task, task_id))
+            group.run(rename(task_id, f"renamed {i}"), reads=[(Task.id, task_id)])
             for i, task_id in enumerate(ids)
         )
     )
@@ -159,7 +159,8 @@ async def test_a_change_made_meanwhile_is_read_again_alone_not_overwritten(
         return task.kind
 
     answers = await asyncio.gather(
-        group.run(bump, reads=(Task, ids[0])), group.run(rename(ids[1], "b"), reads=(Task, ids[1]))
+        group.run(bump, reads=[(Task.id, ids[0])]),
+        group.run(rename(ids[1], "b"), reads=[(Task.id, ids[1])]),
     )
     assert list(answers) == ["seen priority 9", "task 1"]
     async with sessions() as session:

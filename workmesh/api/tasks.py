@@ -44,10 +44,10 @@ def view(task: Task) -> TaskView:
 async def submit_task(request: web.Request) -> web.Response:
     who = principal(request, *SUBMITTERS)
     body = await read_body(request, TaskSubmit)
-    async with request.app[SESSIONS]() as session, session.begin():
-        outcome = await tasks.submit(
-            session, body, who.name, request.app[SETTINGS].dispatch.max_attempts
-        )
+    # In a transaction shared with other submissions, hand-outs and status changes.
+    outcome = await tasks.submit_shared(
+        request.app[WRITES], body, who.name, request.app[SETTINGS].dispatch.max_attempts
+    )
     if not outcome.created:
         return json_response(view(outcome.task), status=200)
     try:
@@ -137,7 +137,7 @@ async def apply_status_change(
 
     with refusals_as_http():
         # In a transaction shared with the other workers' changes and hand-outs (one commit).
-        task, report, note = await app[WRITES].run(write, reads=(Task, task_id))
+        task, report, note = await app[WRITES].run(write, reads=[(Task.id, task_id)])
     # The dispatcher hears of it the same way as of an AMQP report, and does the follow-up.
     await announce(app, task.id, note, app[BUS].report(task, report, worker_id, token, change))
     return task

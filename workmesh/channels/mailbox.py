@@ -68,7 +68,7 @@ class Mailbox:
 
         for _ in range(3):
             try:
-                task = await self.writes.run(lease, reads=(Task, body["task_id"]))
+                task = await self.writes.run(lease, reads=[(Task.id, body["task_id"])])
                 break
             except StaleDataError:
                 continue  # the dispatcher or the API changed it meanwhile: read it again

@@ -20,7 +20,10 @@ session it is given. Its caller acts on the result (acknowledges, publishes, ans
 after the commit. In a group, reads come first and the writes go together at the commit (the
 session does not flush before each read): on SQLite the group then holds the one writer's
 lock, which the dispatcher's turns need too, only for its writes. A work sees the changes of
-the works before it through ``session.get`` (the session's own objects), not through queries.
+the works before it through ``session.get`` (the session's own objects), not through queries
+or ``group_read``, which tell what the database held when the group read it: two works that
+add the same unique value both find none, and the group's commit fails, whereupon each runs
+alone and the second finds the first's.
 """
 
 from __future__ import annotations
@@ -28,23 +31,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import inspect, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 Result = TypeVar("Result")
 Work = Callable[[AsyncSession], Awaitable[Result]]
-Row = tuple[type[Any], Any]  # a mapped class with a one-column key, and a key
+# A unique column of a mapped class (``Task.id``, ``Task.idempotency_key``) and a value: the
+# row whose column holds it.
+Read = tuple[Any, Any]
+# Where a session serving a group keeps what the group read (``info`` is the session's own).
+_READ = "workmesh.group_commit.read"
 
 
 @dataclass
 class Waiting:
     work: Work[Any]
     done: asyncio.Future[Any]
-    reads: Row | None
+    reads: Sequence[Read]
 
 
 GROUP_LIMIT = 100  # works in one transaction at most: a commit soon, a rollback cheap
@@ -70,11 +77,12 @@ class GroupCommit:
         self._waiting: list[Waiting] = []
         self._writing: set[asyncio.Task[None]] = set()
 
-    async def run(self, work: Work[Result], reads: Row | None = None) -> Result:
+    async def run(self, work: Work[Result], reads: Sequence[Read] = ()) -> Result:
         """Run ``work`` in a transaction, most likely shared; return its result once committed.
 
-        ``reads``: the row the work gets by its key (``session.get``); the group loads all of
-        theirs in one query first, so that each work finds its row in the session.
+        ``reads``: the rows the work looks up, each by a unique column; the group loads all of
+        its works' rows in one query per column first, so that each work finds its rows in the
+        session: by primary key with ``session.get``, by another column with ``group_read``.
 
         What ``work`` raises (alone, in the fallback) is raised here; so is a failed commit.
         A caller cancelled meanwhile does not stop its work: it may still be committed.
@@ -119,7 +127,7 @@ class GroupCommit:
             try:
                 async with self.sessions() as session, session.begin():
                     # (Held here: the session keeps only weak references to what it loaded.)
-                    _loaded = await _load(session, [w.reads for w in group if w.reads is not None])
+                    _loaded = await _load(session, [read for w in group for read in w.reads])
                     # Reads first, writes together at the commit: on SQLite the group holds
                     # the writer's lock (which the dispatcher's turns need) only for those.
                     with session.no_autoflush:
@@ -143,16 +151,31 @@ class GroupCommit:
                 _settle(waiting.done, result)
 
 
-async def _load(session: AsyncSession, rows: list[Row]) -> list[Any]:
-    """Put the rows in the session, one query per mapped class."""
+async def _load(session: AsyncSession, reads: list[Read]) -> list[Any]:
+    """Put the rows in the session, one query per column, and note what was found and what
+    was not (``group_read``)."""
+    wanted: defaultdict[tuple[type[Any], str], set[Any]] = defaultdict(set)
+    for column, value in reads:
+        wanted[column.class_, column.key].add(value)
     loaded: list[Any] = []
-    keys: defaultdict[type[Any], set[Any]] = defaultdict(set)
-    for model, key in rows:
-        keys[model].add(key)
-    for model, wanted in keys.items():
-        [column] = inspect(model).primary_key
-        loaded += (await session.scalars(select(model).where(column.in_(wanted)))).all()
+    found: dict[tuple[type[Any], str, Any], Any] = {}
+    for (model, name), values in wanted.items():
+        rows = (await session.scalars(select(model).where(getattr(model, name).in_(values)))).all()
+        loaded += rows
+        found.update({(model, name, value): None for value in values})
+        found.update({(model, name, getattr(row, name)): row for row in rows})
+    session.info[_READ] = found
     return loaded
+
+
+def group_read(session: AsyncSession, column: Any, value: Any) -> tuple[bool, Any]:
+    """Whether the group this session serves read the row whose ``column`` holds ``value``
+    (a work's ``reads``), and that row as it was then: None if there was none. (False, None)
+    for a session that serves a work alone: the work then looks it up itself."""
+    found = session.info.get(_READ)
+    if found is None or (column.class_, column.key, value) not in found:
+        return False, None
+    return True, found[column.class_, column.key, value]
 
 
 def _settle(done: asyncio.Future[Any], result: Any) -> None:

@@ -25,6 +25,7 @@ from workmesh.dispatch.lifecycle import (
 )
 from workmesh.services.assignments import apply_transition
 from workmesh.services.counts import StatusCounts
+from workmesh.services.group_commit import GroupCommit, Read, group_read
 
 MAX_LIST_LIMIT = 1000
 
@@ -46,13 +47,20 @@ class Submitted:
 async def submit(
     session: AsyncSession, body: TaskSubmit, submitted_by: str, max_attempts: int
 ) -> Submitted:
-    """Store a new queued task, or return the one this submission repeats."""
+    """Store a new queued task, or return the one this submission repeats.
+
+    Reads, then adds; the insert happens at the commit. If the same submission (its id or
+    idempotency key) was stored between the look-up and the commit, the commit fails with
+    IntegrityError, and the caller runs this again in a new transaction, which finds it.
+    """
     if body.id is not None and (found := await session.get(Task, str(body.id))) is not None:
         return Submitted(found, created=False)
     if body.idempotency_key is not None:
-        found = await session.scalar(
-            select(Task).where(Task.idempotency_key == body.idempotency_key)
-        )
+        read, found = group_read(session, Task.idempotency_key, body.idempotency_key)
+        if not read:
+            found = await session.scalar(
+                select(Task).where(Task.idempotency_key == body.idempotency_key)
+            )
         if found is not None:
             return Submitted(found, created=False)
     now = utcnow()
@@ -69,20 +77,30 @@ async def submit(
         created_at=now,
         updated_at=now,
     )
-    try:
-        async with session.begin_nested():
-            session.add(task)
-    except IntegrityError:
-        # Someone stored the same submission between our look-up and our insert.
-        found = await session.scalar(
-            select(Task).where(
-                (Task.idempotency_key == body.idempotency_key) | (Task.id == task.id)
-            )
-        )
-        if found is None:
-            raise
-        return Submitted(found, created=False)
+    session.add(task)
     return Submitted(task, created=True)
+
+
+async def submit_shared(
+    writes: GroupCommit, body: TaskSubmit, submitted_by: str, max_attempts: int
+) -> Submitted:
+    """``submit`` in a transaction shared with the api role's other writes (GroupCommit)."""
+
+    async def store(session: AsyncSession) -> Submitted:
+        return await submit(session, body, submitted_by, max_attempts)
+
+    reads: list[Read] = []
+    if body.id is not None:
+        reads.append((Task.id, str(body.id)))
+    if body.idempotency_key is not None:
+        reads.append((Task.idempotency_key, body.idempotency_key))
+    try:
+        return await writes.run(store, reads)
+    except IntegrityError:
+        # The same submission was stored between our look-up and our commit (by another api
+        # process, or by the dispatcher from the intake queue): run again, the look-up finds
+        # it. (Two of them in one group are told apart by the group's fallback, each alone.)
+        return await writes.run(store, reads)
 
 
 async def get_task(session: AsyncSession, task_id: str, worker_id: str | None = None) -> Task:

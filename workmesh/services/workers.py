@@ -91,7 +91,7 @@ async def heartbeat_written(writes: GroupCommit, worker_id: str) -> None:
         worker = await live_worker(session, worker_id)
         worker.last_heartbeat_at = utcnow()
 
-    await writes.run(beat, reads=(Worker, worker_id))
+    await writes.run(beat, reads=[(Worker.id, worker_id)])
 
 
 async def worker_views(session: AsyncSession, worker_id: str | None = None) -> list[WorkerView]:
