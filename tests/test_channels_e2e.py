@@ -14,6 +14,7 @@ import pytest
 
 from tests.bots import EventTap
 from tests.conftest import Harness, eventually
+from workmesh.channels.service import WorkerChannels
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +78,45 @@ async def test_short_poll_answers_at_once_and_refuses_bad_requests(harness: Harn
     assert status == 403
     status, body = await harness.api("GET", "/api/v1/worker/tasks", token=None)
     assert status == 401
+
+
+async def test_polls_keep_their_amqp_channel_unless_they_waited_as_a_consumer(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mesh = await harness.start()
+    channels = next(c for c in mesh.capabilities if isinstance(c, WorkerChannels))
+    opened = 0
+    open_channel = channels.connection.channel
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return open_channel(*args, **kwargs)
+
+    monkeypatch.setattr(channels.connection, "channel", counted)
+    token = await harness.add_worker("poller", capacity=3)
+    await harness.api("POST", "/api/v1/worker/heartbeat", token=token)
+    await harness.wait_online("poller")
+    for _ in range(3):
+        assert (await poll(harness, token))["assignments"] == []
+    task_id = await submit(harness)
+    await eventually(
+        lambda: _has_assignment(harness, token, task_id), message="assignment by short poll"
+    )
+    assert opened == 1  # basic.get alone: every poll used the one channel
+    # A long poll that waits as a consumer gives its channel up (a message may have come in
+    # after its wait); the next poll opens another, and nothing is lost meanwhile.
+    assert (await poll(harness, token, wait=0.3))["assignments"] == []
+    assert opened == 1
+    later = await submit(harness)
+    body = await poll(harness, token, wait=5)
+    assert [a["task_id"] for a in body["assignments"]] == [later]
+    assert opened == 2
+
+
+async def _has_assignment(harness: Harness, token: str, task_id: str) -> bool:
+    body = await poll(harness, token)
+    return task_id in [a["task_id"] for a in body["assignments"]]
 
 
 async def test_poll_hands_out_by_priority_and_least_load_spans_channels(harness: Harness) -> None:

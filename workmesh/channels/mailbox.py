@@ -33,6 +33,15 @@ class Delivery:
     body: dict[str, Any]  # for an assignment: the assignment plus ``leased_until``
 
 
+@dataclass(frozen=True)
+class Taken:
+    deliveries: list[Delivery]
+    # Whether the channel holds nothing of the worker's: with basic.get alone, every message
+    # taken was acknowledged. After a wait as a consumer, a message may have come in after the
+    # wait was over, unacknowledged; only closing the channel gives it back for sure.
+    channel_clean: bool
+
+
 class Mailbox:
     def __init__(self, writes: GroupCommit, lease: float) -> None:
         self.writes = writes  # leases go in transactions shared with other hand-outs and reports
@@ -80,7 +89,7 @@ class Mailbox:
 
     async def take(
         self, channel: AbstractChannel, worker_id: str, limit: int, wait: float
-    ) -> list[Delivery]:
+    ) -> Taken:
         """Up to ``limit`` deliveries, waiting at most ``wait`` seconds for the first one.
 
         Everything returned is acknowledged to RabbitMQ (an HTTP answer cannot be taken back);
@@ -90,6 +99,7 @@ class Mailbox:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         out: list[Delivery] = []
+        consumed = False
         while len(out) < limit:
             messages: list[AbstractIncomingMessage] = []
             while len(out) + len(messages) < limit:
@@ -100,6 +110,7 @@ class Mailbox:
             if not messages:
                 if out or loop.time() >= deadline:
                     break
+                consumed = True
                 message = await self._next(channel, queue, deadline - loop.time())
                 if message is None:
                     break
@@ -111,7 +122,7 @@ class Mailbox:
                 await message.ack()
                 if delivery is not None:
                     out.append(delivery)
-        return out
+        return Taken(out, channel_clean=not consumed)
 
     async def admit_all(
         self, worker_id: str, messages: list[AbstractIncomingMessage]

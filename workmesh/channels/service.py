@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
 import aiohttp
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitQueue
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from faststream.rabbit.schemas.queue import ClassicQueueArgs
 
 
+# AMQP channels kept open between polls, at most; polls beyond them open channels of their own.
+IDLE_CHANNELS = 32
+
+
 class WorkerChannels:
     name = "channels"
 
@@ -36,6 +40,7 @@ class WorkerChannels:
         self._http: aiohttp.ClientSession | None = None
         self._mailbox: Mailbox | None = None
         self._notifier: Notifier | None = None
+        self._idle_channels: list[AbstractChannel] = []  # for long and short polls
 
     def attach(self, mesh: MeshContext, app: web.Application) -> None:
         self._sessions = mesh.sessions
@@ -90,9 +95,24 @@ class WorkerChannels:
         return self._notifier
 
     async def take(self, worker_id: str, limit: int, wait: float) -> list[Delivery]:
-        channel = await self.connection.channel()
+        """A poll's deliveries, on an AMQP channel kept from an earlier poll where one is idle:
+        opening and closing one per request cost two round trips, and RabbitMQ a process
+        started and stopped each time."""
+        channel = self._idle_channels.pop() if self._idle_channels else None
+        if channel is None or channel.is_closed:
+            channel = await self.connection.channel()
+        taken = None
         try:
-            return await self.mailbox.take(channel, worker_id, limit, wait)
+            taken = await self.mailbox.take(channel, worker_id, limit, wait)
+            return taken.deliveries
         finally:
-            # Anything a consumer got after the wait was over goes back to the queue here.
-            await channel.close()
+            if (
+                taken is not None
+                and taken.channel_clean
+                and not channel.is_closed
+                and len(self._idle_channels) < IDLE_CHANNELS
+            ):
+                self._idle_channels.append(channel)
+            else:
+                # Anything a consumer got after the wait was over goes back to the queue here.
+                await channel.close()
