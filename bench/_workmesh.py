@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,10 @@ from bench._common import (
     CpuMeter,
     Latency,
     SystemResult,
+    add_vhost,
+    create_pg_database,
+    delete_vhost,
+    drop_pg_database,
     free_port,
     settle_garbage,
     standard_pids,
@@ -128,6 +135,33 @@ class MeshProcess:
             return []
         lines = self.stderr_path.read_text(errors="replace").splitlines()
         return [line for line in lines if any(m in line for m in ERROR_MARKERS)]
+
+
+@contextlib.contextmanager
+def fresh_mesh(
+    name: str, host: str, workers: int, capacity: int, postgres: bool, keep: bool
+) -> Iterator[tuple[MeshProcess, str]]:
+    """A migrated mesh with its workers, running (``workmesh run``) in a RabbitMQ vhost of its
+    own and on a fresh SQLite file or PostgreSQL database; everything removed afterwards (the
+    work directory kept with ``keep``). Yields the mesh and its AMQP URL."""
+    vhost = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+    add_vhost(vhost)
+    url = f"amqp://guest:guest@{host}/{vhost}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"wm-bench-{name}-"))
+    database = f"bench_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}" if postgres else None
+    database_url = create_pg_database(database) if database else None
+    mesh = MeshProcess(workdir, url, workers, capacity, database_url)
+    try:
+        mesh.setup()
+        mesh.start()
+        yield mesh, url
+    finally:
+        mesh.stop()
+        delete_vhost(vhost)
+        if database:
+            drop_pg_database(database)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Bot:

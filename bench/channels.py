@@ -25,11 +25,8 @@ import asyncio
 import contextlib
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,14 +38,8 @@ from aio_pika.abc import AbstractIncomingMessage
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import (
-    add_vhost,
-    create_pg_database,
-    delete_vhost,
-    drop_pg_database,
-    settle_garbage,
-)
-from bench._workmesh import Api, Bot, MeshProcess, Producer
+from bench._common import settle_garbage
+from bench._workmesh import Api, Bot, MeshProcess, Producer, fresh_mesh
 
 ANCHOR = (
     "issue anchor: tasks/s and p99 per channel for the same workload (no numeric target); "
@@ -263,27 +254,13 @@ async def _true(value: bool) -> bool:
 
 
 def run_channel(channel: str, args: argparse.Namespace, log: Callable[[str], None]) -> Outcome:
-    vhost = f"bench-channels-{uuid.uuid4().hex[:8]}"
-    add_vhost(vhost)
-    url = f"amqp://guest:guest@{args.host}/{vhost}"
-    workdir = Path(tempfile.mkdtemp(prefix=f"wm-bench-{channel}-"))
-    database = f"bench_channels_{uuid.uuid4().hex[:8]}" if args.postgres else None
-    database_url = create_pg_database(database) if database else None
-    mesh = MeshProcess(workdir, url, args.workers, args.capacity, database_url)
-    try:
-        mesh.setup()
-        mesh.start()
+    with fresh_mesh(
+        f"channels-{channel}", args.host, args.workers, args.capacity, args.postgres, args.keep
+    ) as (mesh, url):
         log(f"{channel}: mesh started, {args.workers} workers x capacity {args.capacity}")
         outcome = asyncio.run(measure(channel, mesh, url, args))
         outcome.problems += mesh.problems()[:3]
         return outcome
-    finally:
-        mesh.stop()
-        delete_vhost(vhost)
-        if database:
-            drop_pg_database(database)
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _ms(value: float | None) -> str:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -32,14 +30,8 @@ import aiohttp
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import (
-    add_vhost,
-    create_pg_database,
-    delete_vhost,
-    drop_pg_database,
-    settle_garbage,
-)
-from bench._workmesh import Api, Bot, MeshProcess, Producer
+from bench._common import settle_garbage
+from bench._workmesh import Api, Bot, MeshProcess, Producer, fresh_mesh
 
 ANCHOR = "anchor: the same tasks over AMQP (confirms, 256 in flight), in the same run"
 
@@ -153,26 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.warmup = 200
-    vhost = f"bench-submit-{uuid.uuid4().hex[:8]}"
-    add_vhost(vhost)
-    url = f"amqp://guest:guest@{args.host}/{vhost}"
-    workdir = Path(tempfile.mkdtemp(prefix="wm-bench-submit-"))
-    database = f"bench_submit_{uuid.uuid4().hex[:8]}" if args.postgres else None
-    database_url = create_pg_database(database) if database else None
-    mesh = MeshProcess(workdir, url, args.workers, args.capacity, database_url)
     started = time.monotonic()
-    try:
-        mesh.setup()
-        mesh.start()
+    with fresh_mesh("submit", args.host, args.workers, args.capacity, args.postgres, args.keep) as (
+        mesh,
+        url,
+    ):
         sides = asyncio.run(measure(mesh, url, args))
         problems = mesh.problems()[:3]
-    finally:
-        mesh.stop()
-        delete_vhost(vhost)
-        if database:
-            drop_pg_database(database)
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\nworkmesh submission benchmark ({time.monotonic() - started:.0f} s; {args.n} tasks a "
         f"side; HTTP {args.concurrency} at a time; {args.workers} bots x capacity "
